@@ -1,0 +1,145 @@
+"""Frames: one atomic configuration with optional labels, as a serialisable document.
+
+Frames are what flows between the stages: the labeller fills ``energy``, ``forces``
+and ``stress``; the loop records provenance (iteration, subset, temperature, the
+uncertainty it was selected with) in ``info``. Units are eV, eV/Å and eV/Å^3
+(stress in ASE's Voigt order xx, yy, zz, yz, xz, xy; positive = tensile).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from pydantic import BaseModel, Field
+
+from active_mlip.hashing import structure_hash
+
+
+class Frame(BaseModel):
+    """One atomic configuration, labelled or not."""
+
+    numbers: list[int]
+    positions: list[list[float]] = Field(description="Cartesian positions (Å), shape (N, 3).")
+    cell: list[list[float]] = Field(description="Lattice vectors as rows (Å), shape (3, 3).")
+    pbc: list[bool] = Field(default_factory=lambda: [True, True, True])
+    energy: float | None = Field(None, description="Total energy (eV).")
+    forces: list[list[float]] | None = Field(None, description="Forces (eV/Å), shape (N, 3).")
+    stress: list[float] | None = Field(None, description="Stress, Voigt order (eV/Å^3).")
+    info: dict[str, Any] = Field(default_factory=dict, description="Provenance.")
+
+    # -- conversions -------------------------------------------------------------------
+    @classmethod
+    def from_atoms(cls, atoms: Atoms, include_results: bool = True, **info: Any) -> Frame:
+        """Build a frame from ASE atoms, copying calculator results if present."""
+        energy = forces = stress = None
+        if include_results and atoms.calc is not None:
+            res = atoms.calc.results
+            if "energy" in res:
+                energy = float(res["energy"])
+            if "forces" in res:
+                forces = np.asarray(res["forces"], dtype=float).tolist()
+            if "stress" in res:
+                s = np.asarray(res["stress"], dtype=float)
+                stress = (s if s.shape == (6,) else _full_to_voigt(s)).tolist()
+        merged = {k: v for k, v in atoms.info.items() if _jsonable(v)}
+        merged.update(info)
+        return cls(
+            numbers=atoms.numbers.tolist(),
+            positions=atoms.positions.tolist(),
+            cell=np.asarray(atoms.cell).tolist(),
+            pbc=[bool(p) for p in atoms.pbc],
+            energy=energy,
+            forces=forces,
+            stress=stress,
+            info=merged,
+        )
+
+    def to_atoms(self) -> Atoms:
+        """Return ASE atoms; labels are attached as a single-point calculator."""
+        atoms = Atoms(
+            numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
+        )
+        atoms.info.update(self.info)
+        if self.labelled:
+            kwargs: dict[str, Any] = {"energy": self.energy, "forces": np.array(self.forces)}
+            if self.stress is not None:
+                kwargs["stress"] = np.array(self.stress)
+            atoms.calc = SinglePointCalculator(atoms, **kwargs)
+        return atoms
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def labelled(self) -> bool:
+        """Whether energy and forces are present."""
+        return self.energy is not None and self.forces is not None
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.numbers)
+
+    def structure_hash(self) -> str:
+        """Hash of numbers, positions, cell and pbc (not labels or info)."""
+        return structure_hash(self.numbers, self.positions, self.cell, self.pbc)
+
+    def unlabelled(self, **info: Any) -> Frame:
+        """Return a copy without labels, with ``info`` updated."""
+        return self.model_copy(
+            update={"energy": None, "forces": None, "stress": None, "info": {**self.info, **info}},
+            deep=True,
+        )
+
+    def with_info(self, **info: Any) -> Frame:
+        """Return a copy with ``info`` updated."""
+        return self.model_copy(update={"info": {**self.info, **info}}, deep=True)
+
+
+def _full_to_voigt(s: np.ndarray) -> np.ndarray:
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, str | int | float | bool) or v is None
+
+
+def frames_from_atoms(images: Iterable[Atoms], **info: Any) -> list[Frame]:
+    """Convert ASE images (e.g. an aiMD trajectory) to frames."""
+    return [Frame.from_atoms(a, **info) for a in images]
+
+
+def write_extxyz(frames: Sequence[Frame], path: str | Path) -> Path:
+    """Write frames with their labels and ``info`` to an extended-XYZ file."""
+    from ase.io import write
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path, [f.to_atoms() for f in frames], format="extxyz")
+    return path
+
+
+def read_frames(path: str | Path, index: str = ":") -> list[Frame]:
+    """Read frames (with labels if present) from any file ASE reads.
+
+    Raises
+    ------
+    ValueError
+        Naming the file when it is missing, unreadable or holds no structure.
+    """
+    from ase.io import read
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"structure file {str(path)!r} does not exist")
+    try:
+        images = read(path, index=index)
+    except Exception as exc:  # ASE raises many types for bad files
+        raise ValueError(f"could not read structures from {str(path)!r}: {exc}") from exc
+    if isinstance(images, Atoms):
+        images = [images]
+    if not images:
+        raise ValueError(f"{str(path)!r} holds no structure")
+    return frames_from_atoms(images)

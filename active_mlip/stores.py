@@ -1,0 +1,119 @@
+"""Where results live: one place that builds the jobflow JobStore and the result cache.
+
+The embedded default is file-backed (montydb on sqlite) under a work directory, so a
+laptop run persists and resumes. Setting ``ACTIVE_MLIP_MONGO_URI`` (or ``mongo_uri``
+in a store config file) switches the documents to MongoDB and the large objects
+(frames, model files) to GridFS. Every JobStore has three parts:
+
+``docs``
+    job documents (jobflow's docs store) -- small: counts, metrics, references;
+``data``
+    large objects routed there by ``@job(data=...)``: frames, model files, logs;
+``cache``
+    content-keyed results (labels, trained members, explorations), written the moment
+    each is computed so that an interrupted run never computes the same thing twice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jobflow import JobStore
+from maggma.core import Store
+from pydantic import BaseModel, Field
+
+#: Environment variable holding a MongoDB URI (with credentials); never commit one.
+MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
+#: Environment variable naming the MongoDB database.
+MONGO_DB_ENV = "ACTIVE_MLIP_MONGO_DB"
+
+
+class StoreSettings(BaseModel):
+    """How to reach the job store."""
+
+    local_path: Path | None = Field(
+        None, description="Directory of the file-backed store (embedded default)."
+    )
+    mongo_uri: str | None = Field(
+        None, description=f"MongoDB URI; taken from ${MONGO_URI_ENV} when unset.", repr=False
+    )
+    database: str = Field("active_mlip", description="MongoDB database name.")
+    prefix: str = Field("active_mlip", description="Prefix of collection names.")
+
+    def resolved_uri(self) -> str | None:
+        return self.mongo_uri or os.environ.get(MONGO_URI_ENV) or None
+
+
+def make_job_store(settings: StoreSettings) -> JobStore:
+    """Build the JobStore (docs, ``data`` and ``cache``) that ``settings`` describe."""
+    uri = settings.resolved_uri()
+    p = settings.prefix
+    if uri:
+        from maggma.stores import MongoURIStore
+        from maggma.stores.gridfs import GridFSURIStore
+
+        db = os.environ.get(MONGO_DB_ENV, settings.database)
+        docs: Store = MongoURIStore(uri, f"{p}_jobs", database=db)
+        data: Store = GridFSURIStore(uri, f"{p}_data", database=db)
+        cache: Store = GridFSURIStore(
+            uri, f"{p}_cache", database=db, searchable_fields=["cache_key", "kind"]
+        )
+    else:
+        if settings.local_path is None:
+            raise ValueError("StoreSettings needs local_path when no MongoDB URI is configured")
+        from maggma.stores import MontyStore
+
+        path = Path(settings.local_path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        kw: dict[str, Any] = {"database_path": str(path), "database_name": p, "storage": "sqlite"}
+        docs = MontyStore(f"{p}_jobs", **kw)
+        data = MontyStore(f"{p}_data", **kw)
+        cache = MontyStore(f"{p}_cache", key="cache_key", **kw)
+    return JobStore(docs, additional_stores={"data": data, "cache": cache})
+
+
+class ResultCache:
+    """Content-keyed results shared by every job that sees the same JobStore.
+
+    Parameters
+    ----------
+    store
+        The ``cache`` additional store of a JobStore, or ``None`` to disable caching
+        (then :meth:`get` always misses and :meth:`put` does nothing).
+    """
+
+    def __init__(self, store: Store | None):
+        self.store = store
+
+    @classmethod
+    def from_current_job(cls) -> ResultCache:
+        """The cache of the JobStore the running job was given (needs ``expose_store``)."""
+        from jobflow import CURRENT_JOB
+
+        store = getattr(CURRENT_JOB, "store", None)
+        cache = None if store is None else store.additional_stores.get("cache")
+        return cls(cache)
+
+    def _ensure(self) -> None:
+        if self.store is not None and getattr(self.store, "_coll", None) is None:
+            self.store.connect()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """Return the cached payload for ``key``, or ``None``."""
+        if self.store is None:
+            return None
+        self._ensure()
+        doc = self.store.query_one({"cache_key": key})
+        return None if doc is None else doc.get("payload")
+
+    def put(self, key: str, kind: str, payload: dict[str, Any]) -> None:
+        """Store ``payload`` under ``key`` (idempotent: the same key is written once)."""
+        if self.store is None:
+            return
+        self._ensure()
+        from monty.json import jsanitize
+
+        doc = {"cache_key": key, "kind": kind, "payload": jsanitize(payload, strict=True)}
+        self.store.update([doc], key="cache_key")

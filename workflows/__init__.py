@@ -1,0 +1,1 @@
+"""Compositions of the stage Makers: the active-learning loop and the campaigns."""
