@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from active_mlip.documents import Document
 from active_mlip.hashing import bytes_hash
 
 
@@ -19,7 +20,7 @@ class CorruptArtifactError(RuntimeError):
     """A stored artifact's bytes do not match the hash recorded when it was written."""
 
 
-class Blob(BaseModel):
+class Blob(Document):
     """Bytes of a file with their SHA-256, base64-encoded so any store can hold them."""
 
     name: str = Field(description="File name the bytes came from (for humans).")

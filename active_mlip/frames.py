@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from active_mlip.documents import Document
 from active_mlip.hashing import structure_hash
 
 
-class Frame(BaseModel):
+class Frame(Document):
     """One atomic configuration, labelled or not."""
 
     numbers: list[int]
@@ -46,7 +47,7 @@ class Frame(BaseModel):
             if "stress" in res:
                 s = np.asarray(res["stress"], dtype=float)
                 stress = (s if s.shape == (6,) else _full_to_voigt(s)).tolist()
-        merged = {k: v for k, v in atoms.info.items() if _jsonable(v)}
+        merged = {k: _plain(v) for k, v in atoms.info.items() if _plain(v) is not _DROP}
         merged.update(info)
         return cls(
             numbers=atoms.numbers.tolist(),
@@ -102,8 +103,24 @@ def _full_to_voigt(s: np.ndarray) -> np.ndarray:
     return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
-def _jsonable(v: Any) -> bool:
-    return isinstance(v, str | int | float | bool) or v is None
+_DROP = object()
+
+
+def _plain(v: Any) -> Any:
+    """A JSON-friendly copy of an ``atoms.info`` value, or ``_DROP`` for what cannot be."""
+    if v is None or isinstance(v, str | bool | int | float):
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf":
+        return v.tolist()
+    if isinstance(v, list | tuple):
+        out = [_plain(x) for x in v]
+        return _DROP if any(x is _DROP for x in out) else out
+    if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+        out = {k: _plain(x) for k, x in v.items()}
+        return _DROP if any(x is _DROP for x in out.values()) else out
+    return _DROP
 
 
 def frames_from_atoms(images: Iterable[Atoms], **info: Any) -> list[Frame]:

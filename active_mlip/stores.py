@@ -22,7 +22,9 @@ from typing import Any
 
 from jobflow import JobStore
 from maggma.core import Store
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from active_mlip.documents import Document
 
 #: Environment variable holding a MongoDB URI (with credentials); never commit one.
 MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
@@ -30,7 +32,7 @@ MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
 MONGO_DB_ENV = "ACTIVE_MLIP_MONGO_DB"
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(Document):
     """How to reach the job store."""
 
     local_path: Path | None = Field(

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from active_mlip.blobs import Blob
+from active_mlip.documents import Document
 from active_mlip.frames import Frame
 
 #: Output keys that jobs route to the ``data`` store.
-DATA_FIELDS = ["frames", "model_file", "log", "predictions"]
+DATA_FIELDS = ["frames", "model_file", "log", "predictions", "force_constants"]
 
 
-class LabellerIdentity(BaseModel):
+class LabellerIdentity(Document):
     """Who produced a label, with which settings."""
 
     name: str = Field(description="e.g. 'chgnet', 'ase:EMT', 'cp2k'.")
@@ -28,7 +29,7 @@ class LabellerIdentity(BaseModel):
     is_dft: bool = Field(False, description="False for stand-ins such as universal potentials.")
 
 
-class LabelFailure(BaseModel):
+class LabelFailure(Document):
     """A single point that did not produce a label."""
 
     index: int = Field(description="Position of the frame in the requested batch.")
@@ -36,7 +37,7 @@ class LabelFailure(BaseModel):
     reason: str
 
 
-class LabelledBatch(BaseModel):
+class LabelledBatch(Document):
     """Output of the labelling stage."""
 
     labeller: LabellerIdentity
@@ -49,7 +50,7 @@ class LabelledBatch(BaseModel):
     wall_seconds: float = 0.0
 
 
-class MemberDocument(BaseModel):
+class MemberDocument(Document):
     """One trained ensemble member."""
 
     index: int = Field(description="Member index m = subset * n_seed + seed_index.")
@@ -69,7 +70,7 @@ class MemberDocument(BaseModel):
     wall_seconds: float = 0.0
 
 
-class EnsembleDocument(BaseModel):
+class EnsembleDocument(Document):
     """Output of the ensemble-training stage: M = n_sub * n_seed members."""
 
     members: list[MemberDocument]

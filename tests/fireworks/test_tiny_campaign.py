@@ -1,0 +1,134 @@
+"""The real tiny loop on FireWorks: two workers (cpu, gpu), a killed worker, a restart.
+
+One campaign run serves every assertion (it takes minutes): the CPU worker is killed
+with SIGKILL while the initial labels run, ``active-mlip restart`` reruns the lost
+firework, and the campaign completes with every firework on the worker its kind maps
+to and no label computed twice.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from active_mlip.cli import app
+from active_mlip.fw import client_job_store, load_launchpad
+from tests.fireworks.helpers import start_worker, stop, wait_for, workflow_done, write_worker
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+CAMPAIGN = """
+name: tiny-fw
+materials: [CuI]
+preset: tiny
+"""
+
+
+def _state(lp, name: str) -> str | None:
+    fw = lp.fireworks.find_one({"name": name}, {"state": 1})
+    return fw and fw["state"]
+
+
+def _label_kind(cache) -> str:
+    kinds = [k for k in cache.distinct("kind") if "label" in str(k)]
+    assert len(kinds) == 1, kinds
+    return kinds[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_campaign(tmp_path_factory, mongo_server):
+    import os
+    import uuid
+
+    tag = uuid.uuid4().hex[:8]
+    env = {
+        "ACTIVE_MLIP_MONGO_URI": mongo_server,
+        "ACTIVE_MLIP_FW_DB": f"fw_{tag}",
+        "ACTIVE_MLIP_MONGO_DB": f"store_{tag}",
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    tmp = tmp_path_factory.mktemp("tiny_fw")
+    try:
+        lp = load_launchpad()
+        (tmp / "campaign.yaml").write_text(CAMPAIGN)
+        cpu = write_worker(tmp / "fworker_cpu.yaml", "cpu-node", "cpu")
+        gpu = write_worker(tmp / "fworker_gpu.yaml", "gpu-node", "gpu")
+        lp_file = tmp / "launchpad.yaml"
+        lp_file.write_text(f"host: {mongo_server}\nuri_mode: true\nname: {lp.name}\n")
+        runner = CliRunner()
+        args = ["submit", str(tmp / "campaign.yaml"), "--worker", str(cpu), "--worker", str(gpu)]
+        out = runner.invoke(app, args)
+        assert out.exit_code == 0 and "added" in out.output, out.output
+        n_submitted = lp.fireworks.count_documents({})
+        again = runner.invoke(app, args)
+        assert again.exit_code == 0 and "already submitted" in again.output
+        assert lp.fireworks.count_documents({}) == n_submitted
+
+        t0 = time.time()
+        cpu_proc = start_worker(cpu, tmp / "cpu", tmp / "cpu.log", lp_file=lp_file)
+        gpu_proc = start_worker(gpu, tmp / "gpu", tmp / "gpu.log")
+        procs = [cpu_proc, gpu_proc]
+        try:
+            wait_for(
+                lambda: _state(lp, "CuI initial labels") == "RUNNING",
+                300,
+                "initial labels",
+                poll=0.1,
+            )
+            cpu_proc.send_signal(signal.SIGKILL)
+            stop(cpu_proc, signal.SIGKILL)
+            store = client_job_store()
+            cache = store.additional_stores["cache"]
+            killed_labels = sum(
+                cache.count({"kind": k}) for k in cache.distinct("kind") if "label" in str(k)
+            )
+            out = runner.invoke(app, ["restart", "tiny-fw", "--lost-after", "0"])
+            assert out.exit_code == 0 and "lost runs rerun: [" in out.output, out.output
+            procs.append(start_worker(cpu, tmp / "cpu2", tmp / "cpu2.log", lp_file=lp_file))
+            wait_for(lambda: workflow_done(lp, "tiny-fw"), 600, "the tiny campaign", poll=2)
+        finally:
+            for p in procs:
+                stop(p)
+        print(f"tiny campaign on FireWorks: {time.time() - t0:.0f} s")
+        yield lp, store, killed_labels
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_every_firework_ran_on_its_category(tiny_campaign):
+    lp, _, _ = tiny_campaign
+    names = set()
+    for launch in lp.launches.find({"state": "COMPLETED"}, {"fw_id": 1, "fworker": 1}):
+        fw = lp.fireworks.find_one({"fw_id": launch["fw_id"]}, {"name": 1, "spec": 1})
+        assert fw["spec"].get("_category") == launch["fworker"]["category"], fw["name"]
+        names.add(fw["name"])
+    assert any(n.startswith("CuI it1 train") for n in names)  # created at run time
+    assert any(n.startswith("CuI it1 decide") for n in names)
+
+
+def test_no_label_computed_twice(tiny_campaign):
+    lp, store, killed_labels = tiny_campaign
+    cache = store.additional_stores["cache"]
+    distinct = cache.count({"kind": _label_kind(cache)})
+    computed = 0
+    for doc in store.docs_store.query(
+        {"output.n_requested": {"$exists": True}},
+        properties=["output.n_requested", "output.n_reused"],
+    ):
+        computed += doc["output"]["n_requested"] - doc["output"]["n_reused"]
+    # labels computed by the killed attempt + by every finished labelling job = distinct labels
+    assert computed + killed_labels == distinct
+
+
+def test_status_reports_the_finished_campaign(tiny_campaign):
+    out = CliRunner().invoke(app, ["status", "tiny-fw"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "CuI" in out.output and "COMPLETED" in out.output

@@ -1,0 +1,133 @@
+"""Real DFT through the same LabelMaker: CP2K via atomate2's static Maker.
+
+Needs ``cp2k.psmp`` (Debian: ``apt-get install -y cp2k``, which brings the MOLOPT basis
+sets and GTH potentials in /usr/share/cp2k). The input is deliberately light (8-atom Si,
+Gamma point, DZVP-MOLOPT-SR, 200 Ry) with a tight SCF, so the check is the consistency
+of CP2K's forces with its own energy, not accuracy.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from jobflow import run_locally
+
+from active_mlip.frames import Frame
+from active_mlip.stores import StoreSettings, make_job_store
+from makers.labelling import Atomate2Labeller, LabelMaker
+from makers.schemas import LabelledBatch
+
+CP2K_SHARE = Path("/usr/share/cp2k")
+
+
+def _cp2k_cmd() -> str:
+    from atomate2 import SETTINGS
+
+    return shlex.split(SETTINGS.CP2K_CMD)[0]
+
+
+pytestmark = [
+    pytest.mark.dft,
+    pytest.mark.skipif(
+        shutil.which(_cp2k_cmd()) is None,
+        reason=f"CP2K binary {_cp2k_cmd()!r} not on PATH (apt-get install -y cp2k)",
+    ),
+    pytest.mark.skipif(
+        not (CP2K_SHARE / "BASIS_MOLOPT").is_file(),
+        reason="CP2K data (cp2k-data: /usr/share/cp2k/BASIS_MOLOPT) not installed",
+    ),
+]
+
+#: Light but tightly converged: consistency of forces and energy is what is tested.
+LIGHT_CP2K = {
+    "user_input_settings": {
+        "basis_and_potential": {
+            "Si": {"basis": "DZVP-MOLOPT-SR-GTH", "potential": "GTH-PBE", "aux_basis": None}
+        },
+        "cutoff": 200,
+        "rel_cutoff": 40,
+        "eps_scf": 1e-8,
+        "eps_default": 1e-10,
+        "eps_pgf_orb": None,
+        # atomate2 0.1.5's parser needs UKS (it fails on RKS outputs), so keep the
+        # default spin_polarized=True; diagonalisation converges faster than OT here.
+        "ot": False,
+        "alpha": 0.3,
+    },
+    "user_kpoints_settings": None,  # Gamma point
+}
+
+
+def as_batch(output) -> LabelledBatch:
+    """The stored output, whether jobflow hands it back as a dict or a document."""
+    return output if isinstance(output, LabelledBatch) else LabelledBatch.model_validate(output)
+
+
+@pytest.fixture(scope="session")
+def cp2k_yaml_dir(tmp_path_factory) -> Path:
+    """pymatgen's per-element YAML data, built from only the two files the test needs
+    (``pmg config --cp2k`` over all of /usr/share/cp2k takes ~35 s; this takes ~3 s)."""
+    src = tmp_path_factory.mktemp("cp2k_src")
+    for name in ("BASIS_MOLOPT", "GTH_POTENTIALS"):
+        (src / name).symlink_to(CP2K_SHARE / name)
+    out = tmp_path_factory.mktemp("cp2k_yaml") / "data"  # pmg wants to create it
+    pmg = Path(sys.executable).parent / "pmg"  # the venv's pmg
+    pmg_cmd = str(pmg) if pmg.exists() else (shutil.which("pmg") or "pmg")
+    proc = subprocess.run(
+        [pmg_cmd, "config", "--cp2k", str(src), str(out)], capture_output=True, text=True
+    )
+    assert (out / "Si").is_file(), proc.stdout + proc.stderr
+    return out
+
+
+@pytest.fixture
+def cp2k_env(cp2k_yaml_dir, monkeypatch):
+    from pymatgen.core import SETTINGS
+
+    # pymatgen read PMG_* variables at import: set both the env and its settings dict.
+    for key, value in {
+        "PMG_CP2K_DATA_DIR": str(cp2k_yaml_dir),
+        "PMG_DEFAULT_CP2K_FUNCTIONAL": "PBE",
+    }.items():
+        monkeypatch.setenv(key, value)
+        monkeypatch.setitem(SETTINGS, key, value)
+    monkeypatch.delenv("CP2K_DATA_DIR", raising=False)
+
+
+def test_cp2k_forces_match_finite_difference_of_its_energy(cp2k_env, tmp_path):
+    atom, axis, h = 0, 0, 0.02
+    base = bulk("Si", "diamond", a=5.43, cubic=True)
+    frames = []
+    for dx in (0.05, 0.05 + h, 0.05 - h):
+        atoms = base.copy()
+        atoms.positions[atom, axis] += dx
+        frames.append(Frame.from_atoms(atoms, dx=dx))
+    store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
+    labeller = Atomate2Labeller(code="cp2k", input_set_kwargs=LIGHT_CP2K)
+    job = LabelMaker(labeller=labeller).make(frames)
+    run_locally(job, store=store, ensure_success=True, create_folders=True, root_dir=tmp_path)
+    out = as_batch(store.get_output(job.uuid, load=True))
+    assert out.n_failed == 0, out.failures
+    assert out.n_labelled == 3
+    assert out.labeller.is_dft is True
+    f0, fp, fm = out.frames
+    assert [f.info["dx"] for f in (f0, fp, fm)] == [0.05, 0.05 + h, 0.05 - h]
+    force = np.array(f0.forces)
+    fd = -(fp.energy - fm.energy) / (2 * h)
+    # ~0.5 eV/Å restoring force in eV/Å (Hartree/Bohr would be ~0.01)
+    assert force[atom, axis] < -0.2
+    # GPW grids and the h^2 term limit the agreement to a few meV/Å.
+    assert force[atom, axis] == pytest.approx(fd, abs=0.01)
+    assert np.abs(force.sum(axis=0)).max() < 1e-3  # Newton's third law
+    assert len(f0.stress) == 6 and np.all(np.isfinite(f0.stress))
+    # Re-running the same batch takes every label from the cache: no CP2K at all.
+    again = LabelMaker(labeller=labeller).make(frames)
+    run_locally(again, store=store, ensure_success=True, root_dir=tmp_path)
+    assert as_batch(store.get_output(again.uuid, load=True)).n_reused == 3

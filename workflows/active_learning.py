@@ -1,0 +1,579 @@
+"""The active-learning loop of Kang et al. as a dynamic jobflow graph.
+
+One material, one or more temperatures::
+
+    force constants (labeller) ──► harmonic samples ──► label ──► split test/train
+                                                                     │
+    ┌────────────────────────────────────────────────────────────────┘
+    ▼
+    train ensemble ─► evaluate on test set ─► decide ──(converged)──► result
+                                                 │
+                                                 └─► explore (per T) ─► collect ─► label
+                                                       ─► merge ─► train ─► evaluate ─► decide …
+
+``decide`` is the loop controller: it records the iteration and either stops (with a
+recorded reason) or replaces itself with the next iteration's jobs, so the whole loop
+lives in the job store and every job can be inspected or rerun. Big objects travel by
+reference (job uuids), never inline in a job document. Every expensive step (labels,
+members, explorations) is cached by content, so running the same flow again after an
+interruption resumes where it stopped and never labels a frame twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from jobflow import CURRENT_JOB, Flow, Job, Maker, OutputReference, Response, job
+from pydantic import Field
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from active_mlip.documents import Document
+from active_mlip.frames import Frame
+from makers.evaluation import EvaluationDocument, TestEvaluationMaker
+from makers.exploration import ExplorationDocument, ExplorationMaker
+from makers.labelling import LabelMaker, validate_frames
+from makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker, import_trajectory
+from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
+from makers.training import EnsembleTrainingMaker, assign_subsets
+from workflows.routing import route, tag
+from workflows.settings import ActiveLearningSettings
+
+logger = logging.getLogger(__name__)
+
+
+class FrameSet(Document):
+    """A list of frames; the ``frames`` key routes it to the data store."""
+
+    frames: list[Frame] = Field(default_factory=list)
+
+
+class IterationRecord(Document):
+    """What one iteration did and how good its ensemble was."""
+
+    iteration: int
+    n_train: int
+    n_test: int
+    n_scored: int = 0
+    n_selected: int = 0
+    n_labelled: int = 0
+    n_label_failures: int = 0
+    acceptance_fraction: float | None = None
+    test_mae_energy_meV_per_atom: float
+    test_mae_forces_meV_per_A: float
+    test_rmse_energy_meV_per_atom: float | None = None
+    test_rmse_forces_meV_per_A: float | None = None
+    test_mae_sigma_a: float | None = None
+    uncertainty_key: str
+    uncertainty_mean: float
+    uncertainty_std: float
+    wall_seconds: float
+    finished_at: float
+    ensemble_uuid: str
+    evaluation_uuid: str
+    exploration_uuids: list[str] = Field(default_factory=list)
+    label_uuid: str | None = None
+    calibration: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="For frames selected in this iteration: predicted uncertainty and the "
+        "true force error of this iteration's ensemble once labelled.",
+    )
+
+
+class LoopState(Document):
+    """Everything the loop carries from one iteration to the next."""
+
+    material: str
+    iteration: int = 0
+    train: FrameSet
+    test: FrameSet | None = Field(None, description="Only in the initial state.")
+    e0s: dict[str, float]
+    starts: dict[str, Frame] = Field(description="MD start frame per temperature (K, as str).")
+    history: list[IterationRecord] = Field(default_factory=list)
+    labels_used: int = 0
+    last_acceptance_fraction: float | None = None
+    fc_uuid: str
+    test_uuid: str
+    started_at: float
+    pending: dict[str, Any] = Field(
+        default_factory=dict, description="Exploration/labelling facts of the iteration before."
+    )
+
+
+class LoopResult(Document):
+    """The loop's final output."""
+
+    material: str
+    converged: bool
+    stop_reason: str
+    state: LoopState
+
+
+# ---------------------------------------------------------------------------------------
+# Glue jobs (light; run wherever the routing table puts them)
+# ---------------------------------------------------------------------------------------
+@job
+def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
+    """Reference energy per element from the labeller (isolated atoms in a box)."""
+    return {k: float(v) for k, v in labeller.isolated_atom_energies(elements).items()}
+
+
+@job(data=DATA_FIELDS)
+def concat_frames(sets: list[Any]) -> FrameSet:
+    """Concatenate frame lists (FrameSets, dicts with ``frames`` or lists)."""
+    out: list[Frame] = []
+    for s in sets:
+        frames = s.frames if hasattr(s, "frames") else s["frames"] if isinstance(s, dict) else s
+        out.extend(frames)
+    return FrameSet(frames=out)
+
+
+@job(data=DATA_FIELDS)
+def initial_split(
+    labelled: LabelledBatch,
+    material: str,
+    settings: ActiveLearningSettings,
+    reference: Frame,
+    e0s: dict[str, float],
+    fc_uuid: str,
+) -> LoopState:
+    """Draw the fixed test set once, assign training subsets, and open the loop state."""
+    loop = settings.loop
+    frames = list(labelled.frames)
+    need = loop.n_test + 2
+    if len(frames) < need:
+        raise RuntimeError(
+            f"only {len(frames)} initial frames were labelled ({labelled.n_failed} failed); "
+            f"need at least n_test + 2 = {need}. Failures: "
+            + "; ".join(f.reason for f in labelled.failures[:3])
+        )
+    rng = np.random.default_rng(loop.seed)
+    order = rng.permutation(len(frames))
+    test = [frames[i].with_info(role="test") for i in sorted(order[: loop.n_test])]
+    train = [
+        frames[i].with_info(role="train", iteration=0, source=frames[i].info.get("source", "initial"))
+        for i in sorted(order[loop.n_test :][: loop.n_initial])
+    ]
+    train = assign_subsets(train, settings.training.n_sub, loop.seed)
+    uuid = CURRENT_JOB.job.uuid
+    starts = {_tkey(t): reference.unlabelled(temperature=t) for t in loop.temperatures}
+    return LoopState(
+        material=material,
+        train=FrameSet(frames=train),
+        test=FrameSet(frames=test),
+        e0s=e0s,
+        starts=starts,
+        labels_used=labelled.n_labelled + labelled.n_failed,
+        fc_uuid=fc_uuid,
+        test_uuid=uuid,
+        started_at=time.time(),
+    )
+
+
+@job(data=DATA_FIELDS)
+def collect_candidates(
+    explorations: list[ExplorationDocument], n_new: int, iteration: int, budget: int | None
+) -> FrameSet:
+    """Pool the accepted frames of all temperatures: unique, highest uncertainty first."""
+    seen: set[str] = set()
+    pool: list[Frame] = []
+    for doc in explorations:
+        for f in doc.frames:
+            h = f.structure_hash()
+            if h not in seen:
+                seen.add(h)
+                pool.append(f.with_info(iteration=iteration + 1, source="mlip-md"))
+    pool.sort(key=lambda f: -float(f.info.get("uncertainty", 0.0)))
+    limit = n_new if budget is None else max(0, min(n_new, budget))
+    return FrameSet(frames=pool[:limit])
+
+
+@job(data=DATA_FIELDS)
+def merge(
+    state: LoopState,
+    labelled: LabelledBatch,
+    explorations: list[ExplorationDocument],
+    ensemble: EnsembleDocument,
+    n_sub: int,
+    seed: int,
+) -> LoopState:
+    """Add the newly labelled frames to the training subsets; advance the MD starts."""
+    new = [f.with_info(role="train") for f in labelled.frames]
+    train = assign_subsets(list(state.train.frames) + new, n_sub, seed + state.iteration + 1)
+    starts = dict(state.starts)
+    n_scored = n_accepted = 0
+    for doc in explorations:
+        n_scored += doc.n_scored
+        n_accepted += doc.n_accepted
+        # Continue the trajectory unless it blew up: the next ensemble starts where the
+        # last one left off, so exploration reaches further each iteration.
+        if doc.stopped_by != "blowup" and doc.last_frame is not None:
+            starts[_tkey(doc.temperature)] = doc.last_frame
+    calibration = _calibration(ensemble, labelled.frames)
+    pending = {
+        "n_scored": n_scored,
+        "n_selected": labelled.n_requested,
+        "n_labelled": labelled.n_labelled,
+        "n_label_failures": labelled.n_failed,
+        "acceptance_fraction": n_accepted / n_scored if n_scored else 0.0,
+        "calibration": calibration,
+    }
+    return state.model_copy(
+        update={
+            "iteration": state.iteration + 1,
+            "train": FrameSet(frames=train),
+            "test": None,
+            "starts": starts,
+            "labels_used": state.labels_used + labelled.n_requested - labelled.n_reused,
+            "last_acceptance_fraction": pending["acceptance_fraction"],
+            "pending": pending,
+        }
+    )
+
+
+def _calibration(ensemble: EnsembleDocument, frames: list[Frame]) -> list[dict[str, float]]:
+    """Predicted uncertainty of each new frame against the ensemble's true force error."""
+    if not frames:
+        return []
+    from makers.ensemble import EnsembleCalculator
+
+    calc = EnsembleCalculator.from_document(ensemble, device="cpu")
+    results = calc.evaluate([f.to_atoms() for f in frames])
+    out = []
+    for f, res in zip(frames, results, strict=True):
+        err = np.asarray(res["forces"]) - np.asarray(f.forces)
+        out.append(
+            {
+                "uncertainty": float(f.info.get("uncertainty", np.nan)),
+                "force_rmse_meV_per_A": float(np.sqrt(np.mean(err**2)) * 1000),
+                "force_max_error_meV_per_A": float(np.max(np.linalg.norm(err, axis=1)) * 1000),
+            }
+        )
+    return out
+
+
+def _tkey(t: float) -> str:
+    return f"{float(t):g}"
+
+
+# ---------------------------------------------------------------------------------------
+# The controller
+# ---------------------------------------------------------------------------------------
+@job(data=DATA_FIELDS)
+def decide(
+    state: LoopState,
+    ensemble: EnsembleDocument,
+    evaluation: EvaluationDocument,
+    settings: ActiveLearningSettings,
+    state_uuid: str,
+    ensemble_uuid: str,
+    evaluation_uuid: str,
+    exploration_uuids: list[str],
+    label_uuid: str | None,
+) -> Response | LoopResult:
+    """Record the iteration; stop when converged, otherwise append the next iteration."""
+    now = time.time()
+    previous_end = state.history[-1].finished_at if state.history else state.started_at
+    pending = state.pending
+    record = IterationRecord(
+        iteration=state.iteration,
+        n_train=len(state.train.frames),
+        n_test=evaluation.n_frames,
+        test_mae_energy_meV_per_atom=evaluation.mae_energy_meV_per_atom,
+        test_mae_forces_meV_per_A=evaluation.mae_forces_meV_per_A,
+        test_rmse_energy_meV_per_atom=evaluation.rmse_energy_meV_per_atom,
+        test_rmse_forces_meV_per_A=evaluation.rmse_forces_meV_per_A,
+        test_mae_sigma_a=evaluation.mae_sigma_a,
+        uncertainty_key=evaluation.reference.key,
+        uncertainty_mean=evaluation.reference.u_mean,
+        uncertainty_std=evaluation.reference.u_std,
+        wall_seconds=now - previous_end,
+        finished_at=now,
+        ensemble_uuid=ensemble_uuid,
+        evaluation_uuid=evaluation_uuid,
+    )
+    history = list(state.history)
+    if history and pending:
+        # The exploration/labelling that produced this iteration's new data belongs to the
+        # iteration before (its ensemble chose the frames).
+        history[-1] = history[-1].model_copy(
+            update={
+                "n_scored": pending["n_scored"],
+                "n_selected": pending["n_selected"],
+                "n_labelled": pending["n_labelled"],
+                "n_label_failures": pending["n_label_failures"],
+                "acceptance_fraction": pending["acceptance_fraction"],
+                "exploration_uuids": exploration_uuids,
+                "label_uuid": label_uuid,
+                "calibration": pending["calibration"],
+            }
+        )
+    history.append(record)
+    state = state.model_copy(update={"history": history, "pending": {}})
+    logger.info(
+        "%s iteration %d: %d training frames, test force MAE %.1f meV/A, energy MAE %.2f meV/atom",
+        state.material,
+        state.iteration,
+        record.n_train,
+        record.test_mae_forces_meV_per_A,
+        record.test_mae_energy_meV_per_atom,
+    )
+
+    stop = stopping_reason(state, settings)
+    if stop is not None:
+        converged, reason = stop
+        logger.info("%s: stopping after iteration %d: %s", state.material, state.iteration, reason)
+        return LoopResult(material=state.material, converged=converged, stop_reason=reason, state=state)
+
+    next_flow = _iteration_flow(
+        state=state,
+        settings=settings,
+        state_ref=OutputReference(state_uuid),
+        ensemble_ref=OutputReference(ensemble_uuid),
+        reference_ref=OutputReference(evaluation_uuid).reference,
+        current_state=state,
+    )
+    route(next_flow, settings.routing)
+    return Response(replace=next_flow)
+
+
+def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple[bool, str] | None:
+    """Return (converged, reason) when the loop should stop after the latest iteration."""
+    loop = settings.loop
+    history = state.history
+    maes = [h.test_mae_forces_meV_per_A for h in history]
+    w = loop.converge_window
+    if len(maes) > w and state.last_acceptance_fraction is not None:
+        recent = maes[-(w + 1) :]
+        changes = [abs(b - a) / max(a, 1e-12) for a, b in zip(recent[:-1], recent[1:], strict=True)]
+        if max(changes) < loop.force_mae_rtol and state.last_acceptance_fraction < loop.acceptance_threshold:
+            return True, (
+                f"converged: test force MAE changed by < {loop.force_mae_rtol:.0%} over the last "
+                f"{w} iterations and {state.last_acceptance_fraction:.1%} of scored frames were "
+                f"accepted (< {loop.acceptance_threshold:.0%})"
+            )
+    if state.iteration > 0 and history[-2].n_selected == 0:
+        return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
+    if state.iteration + 1 >= loop.max_iterations:
+        return False, f"max_iterations ({loop.max_iterations}) reached"
+    if loop.max_labels is not None and state.labels_used >= loop.max_labels:
+        return False, f"label budget ({loop.max_labels}) used: {state.labels_used} labels"
+    return None
+
+
+def _iteration_flow(
+    state: LoopState,
+    settings: ActiveLearningSettings,
+    state_ref: OutputReference,
+    ensemble_ref: OutputReference,
+    reference_ref: OutputReference,
+    current_state: LoopState,
+) -> Flow:
+    """Explore with the current ensemble, label, merge, and train/evaluate/decide again."""
+    loop = settings.loop
+    i = state.iteration
+    n_t = len(loop.temperatures)
+    per_t = math.ceil(loop.n_new / n_t)
+    jobs: list[Job | Flow] = []
+    explorations = []
+    explorer = ExplorationMaker(settings=settings.exploration, selection=settings.selection)
+    for k, t in enumerate(loop.temperatures):
+        explore = explorer.make(
+            ensemble_ref,
+            state_ref.starts[_tkey(t)],
+            reference_ref,
+            temperature=t,
+            n_new=per_t,
+            seed=_seed(loop.seed, i, k),
+        )
+        explore.name = f"{state.material} it{i} explore {t:g}K"
+        tag(explore, "exploration")
+        explorations.append(explore)
+    jobs.extend(explorations)
+    outputs = [e.output for e in explorations]
+    budget = None if loop.max_labels is None else loop.max_labels - current_state.labels_used
+    collect = collect_candidates(outputs, loop.n_new, i, budget)
+    collect.name = f"{state.material} it{i} collect"
+    tag(collect, "glue")
+    label = LabelMaker(labeller=settings.labeller).make(collect.output.frames)
+    label.name = f"{state.material} it{i} label"
+    tag(label, "labelling")
+    new_state = merge(
+        state_ref, label.output, outputs, ensemble_ref, settings.training.n_sub, loop.seed
+    )
+    new_state.name = f"{state.material} it{i + 1} merge"
+    tag(new_state, "glue")
+    jobs += [collect, label, new_state]
+    jobs += _train_evaluate_decide(
+        material=state.material,
+        iteration=i + 1,
+        settings=settings,
+        state_job=new_state,
+        e0s=state.e0s,
+        previous=ensemble_ref,
+        fc_uuid=state.fc_uuid,
+        test_uuid=state.test_uuid,
+        exploration_uuids=[e.uuid for e in explorations],
+        label_uuid=label.uuid,
+    )
+    return Flow(jobs, name=f"{state.material} iteration {i + 1}")
+
+
+def _train_evaluate_decide(
+    material: str,
+    iteration: int,
+    settings: ActiveLearningSettings,
+    state_job: Job,
+    e0s: Any,
+    previous: Any,
+    fc_uuid: str,
+    test_uuid: str,
+    exploration_uuids: list[str],
+    label_uuid: str | None,
+) -> list[Job | Flow]:
+    fc_ref = OutputReference(fc_uuid)
+    warm = previous if settings.training.warm_start else None
+    train = EnsembleTrainingMaker(settings=settings.training).make(
+        state_job.output.train.frames, e0s, previous=warm, reference_frame=fc_ref.reference
+    )
+    train.name = f"{material} it{iteration} train"
+    tag(train, "training", prefix=f"{material} it{iteration}")
+    evaluate = TestEvaluationMaker(selection=settings.selection).make(
+        train.output, OutputReference(test_uuid).test.frames, fc_ref
+    )
+    evaluate.name = f"{material} it{iteration} evaluate"
+    tag(evaluate, "evaluation")
+    control = decide(
+        state_job.output,
+        train.output,
+        evaluate.output,
+        settings,
+        state_uuid=state_job.uuid,
+        ensemble_uuid=train.output.uuid,
+        evaluation_uuid=evaluate.uuid,
+        exploration_uuids=exploration_uuids,
+        label_uuid=label_uuid,
+    )
+    control.name = f"{material} it{iteration} decide"
+    tag(control, "controller")
+    return [train, evaluate, control]
+
+
+def _seed(seed: int, iteration: int, k: int) -> int:
+    return int(seed) * 1_000_003 + 1000 * iteration + k
+
+
+# ---------------------------------------------------------------------------------------
+# The Maker
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ActiveLearningMaker(Maker):
+    """Active learning of a MACE ensemble for one material (Kang et al., PRM 9, 063801).
+
+    Parameters
+    ----------
+    name
+        Flow name.
+    settings
+        All settings of the run (:class:`workflows.settings.ActiveLearningSettings`).
+    """
+
+    name: str = "active learning"
+    settings: ActiveLearningSettings = field(default_factory=ActiveLearningSettings)
+
+    def make(self, structure: Structure, material: str | None = None) -> Flow:
+        """Build the flow for ``structure`` (a conventional or primitive cell).
+
+        Bad input (empty, non-periodic or overlapping structures, elements the labeller
+        cannot handle) raises ``ValueError`` here, before any job runs.
+        """
+        from workflows.materials import validate_structure
+
+        settings = self.settings
+        loop = settings.loop
+        material = material or structure.composition.reduced_formula
+        validate_structure(structure, source=material)
+        supercell = structure * (loop.supercell or (1, 1, 1))
+        reference = Frame.from_atoms(AseAtomsAdaptor.get_atoms(supercell), source="reference")
+        validate_frames([reference], settings.labeller)
+        elements = sorted({site.specie.symbol for site in supercell})
+
+        jobs: list[Job | Flow] = []
+        fc = ForceConstantsMaker(labeller=settings.labeller).make(reference)
+        fc.name = f"{material} force constants"
+        tag(fc, "labelling", prefix=material)
+        jobs.append(fc)
+
+        if loop.e0s == "isolated":
+            e0 = isolated_energies(settings.labeller, elements)
+            e0.name = f"{material} E0s"
+            tag(e0, "labelling")
+            jobs.append(e0)
+            e0s: Any = e0.output
+        else:
+            missing = sorted(set(elements) - set(loop.e0s))
+            if missing:
+                raise ValueError(f"loop.e0s lacks reference energies for {missing}")
+            e0s = dict(loop.e0s)
+
+        if loop.initial == "harmonic":
+            sampler = HarmonicSamplingMaker()
+            n_each = math.ceil((loop.n_initial + loop.n_test) / len(loop.temperatures))
+            sample_jobs = []
+            for k, t in enumerate(loop.temperatures):
+                s = sampler.make(fc.output, temperature=t, n_samples=n_each, seed=_seed(loop.seed, 0, k))
+                s.name = f"{material} harmonic samples {t:g}K"
+                tag(s, "glue")
+                sample_jobs.append(s)
+            pool = concat_frames([s.output for s in sample_jobs])
+            pool.name = f"{material} initial pool"
+            tag(pool, "glue")
+            jobs += [*sample_jobs, pool]
+            label = LabelMaker(labeller=settings.labeller).make(pool.output.frames)
+        else:
+            label = load_trajectory(loop.trajectory, settings.labeller.identity())
+        label.name = f"{material} initial labels"
+        tag(label, "labelling")
+        jobs.append(label)
+
+        init = initial_split(label.output, material, settings, reference, e0s, fc.output.uuid)
+        init.name = f"{material} initial split"
+        tag(init, "glue")
+        jobs.append(init)
+        jobs += _train_evaluate_decide(
+            material=material,
+            iteration=0,
+            settings=settings,
+            state_job=init,
+            e0s=e0s,
+            previous=None,
+            fc_uuid=fc.output.uuid,
+            test_uuid=init.uuid,
+            exploration_uuids=[],
+            label_uuid=label.uuid,
+        )
+        flow = Flow(jobs, output=jobs[-1].output, name=f"{material} {self.name}")
+        route(flow, settings.routing)
+        return flow
+
+
+@job(data=DATA_FIELDS)
+def load_trajectory(path: str, identity: Any) -> LabelledBatch:
+    """An aiMD trajectory (frames with energies and forces) as the initial labels.
+
+    The trajectory must come from the same reference method as the labeller used in
+    the loop (``identity``); energies of different methods cannot be mixed.
+    """
+    frames = [f.with_info(source="aimd") for f in import_trajectory(path)]
+    return LabelledBatch(
+        labeller=identity,
+        frames=frames,
+        n_requested=len(frames),
+        n_labelled=len(frames),
+        n_failed=0,
+    )

@@ -1,0 +1,251 @@
+"""Run the active-learning loop on this machine, in a work directory that persists.
+
+The work directory holds the file-backed job store (``store/``), the run's settings
+(``run.json``) and, once finished, the exports: ``summary.json``, ``dataset.extxyz``,
+``test.extxyz``, ``models/`` and ``report/``. Running the same command again resumes:
+the flow is rebuilt and every label, member and exploration already computed is taken
+from the store's cache, so nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from active_mlip.frames import Frame, write_extxyz
+from active_mlip.stores import StoreSettings, make_job_store
+from makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
+from workflows.active_learning import ActiveLearningMaker, LoopResult
+from workflows.materials import get_structure
+from workflows.settings import ActiveLearningSettings
+
+logger = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+
+
+class RunConflictError(ValueError):
+    """The work directory holds a run with other settings."""
+
+
+def check_workdir(workdir: Path, material: str, settings: ActiveLearningSettings) -> bool:
+    """Return True when ``workdir`` holds this same run (resume), False when it is new.
+
+    Raises
+    ------
+    RunConflictError
+        If it holds a run of another material or with other settings.
+    """
+    run_file = workdir / RUN_FILE
+    if not run_file.exists():
+        if workdir.exists() and any(workdir.iterdir()):
+            raise RunConflictError(
+                f"work directory {str(workdir)!r} is not empty and holds no {RUN_FILE}; "
+                "choose an empty or new directory"
+            )
+        return False
+    try:
+        old = json.loads(run_file.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunConflictError(f"{run_file} is unreadable ({exc}); pass --restart to start over") from exc
+    if old.get("material") != material or old.get("fingerprint") != settings.fingerprint():
+        changed = _diff(old.get("settings", {}), settings.model_dump(mode="json"))
+        what = f"material {old.get('material')!r}" if old.get("material") != material else ""
+        raise RunConflictError(
+            f"work directory {str(workdir)!r} holds a run with different settings "
+            f"({what or ', '.join(changed[:6]) or 'unknown changes'}); nothing was changed. "
+            "Use another --workdir, or pass --restart to delete it and start over."
+        )
+    return True
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for k in sorted(set(old) | set(new)):
+            if k == "preset":
+                continue
+            out += _diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def run_local(
+    material: str,
+    workdir: str | Path,
+    settings: ActiveLearningSettings,
+    restart: bool = False,
+    log_format: str | bool = False,
+) -> dict[str, Any]:
+    """Run (or resume) the loop for ``material`` in ``workdir`` and export the results.
+
+    Parameters
+    ----------
+    material
+        A built-in name (``CuI``) or a structure file.
+    workdir
+        Work directory; created if missing.
+    settings
+        The run's settings.
+    restart
+        Delete a previous run in ``workdir`` first (otherwise a run with other settings
+        is refused and a run with the same settings is resumed).
+    log_format
+        Passed to jobflow's ``run_locally`` (False keeps its logging quiet).
+
+    Returns
+    -------
+    dict
+        The summary that is also written to ``summary.json``.
+    """
+    from jobflow import run_locally
+
+    workdir = Path(workdir).resolve()
+    structure = get_structure(material)  # ValueError for unknown names/files, before anything
+    name = Path(material).stem if Path(material).suffix else str(material)
+    flow = ActiveLearningMaker(settings=settings).make(structure, material=name)
+
+    if restart and workdir.exists():
+        shutil.rmtree(workdir)
+    resumed = check_workdir(workdir, name, settings)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "material": name,
+                "fingerprint": settings.fingerprint(),
+                "settings": settings.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+    )
+    store = make_job_store(StoreSettings(local_path=workdir / "store"))
+    t0 = time.time()
+    logger.info("%s %s in %s", "resuming" if resumed else "starting", name, workdir)
+    responses = run_locally(flow, store=store, log=log_format, ensure_success=True)
+    wall = time.time() - t0
+
+    store.connect()
+    result = _as_model(store.get_output(flow.output.uuid, load=True), LoopResult)
+    counts = _count_work(responses)
+    summary = export_run(result, store, workdir, settings, wall_seconds=wall, counts=counts)
+    return summary
+
+
+def _as_model(obj: Any, cls: type) -> Any:
+    if isinstance(obj, cls):
+        return obj
+    if isinstance(obj, dict):
+        return cls.model_validate({k: v for k, v in obj.items() if not k.startswith("@")})
+    raise TypeError(f"expected {cls.__name__}, got {type(obj).__name__}")
+
+
+def _count_work(responses: dict[str, dict[int, Any]]) -> dict[str, int]:
+    """Labels and members computed vs reused in this invocation."""
+    counts = {"labels_computed": 0, "labels_reused": 0, "members_trained": 0, "members_reused": 0}
+    for by_index in responses.values():
+        for response in by_index.values():
+            out = getattr(response, "output", None)
+            if isinstance(out, LabelledBatch):
+                counts["labels_reused"] += out.n_reused
+                counts["labels_computed"] += out.n_requested - out.n_reused
+            elif isinstance(out, MemberDocument):
+                counts["members_reused" if out.reused else "members_trained"] += 1
+    return counts
+
+
+def export_run(
+    result: LoopResult,
+    store: Any,
+    workdir: Path,
+    settings: ActiveLearningSettings,
+    wall_seconds: float,
+    counts: dict[str, int],
+) -> dict[str, Any]:
+    """Write summary.json, dataset.extxyz, test.extxyz, models/ and report/."""
+    state = result.state
+    test_state = _as_model(store.get_output(state.test_uuid, load=True), type(state))
+    test_frames = test_state.test.frames if test_state.test else []
+    dataset = [_flatten_info(f) for f in state.train.frames]
+    write_extxyz(dataset, workdir / "dataset.extxyz")
+    write_extxyz([_flatten_info(f) for f in test_frames], workdir / "test.extxyz")
+
+    last = state.history[-1]
+    ensemble = _as_model(store.get_output(last.ensemble_uuid, load=True), EnsembleDocument)
+    models_dir = workdir / "models"
+    if models_dir.exists():
+        shutil.rmtree(models_dir)
+    models_dir.mkdir()
+    for m in ensemble.members:
+        m.model_file.write(models_dir / f"member{m.index:02d}_subset{m.subset}_seed{m.seed}.model")
+    (models_dir / "ensemble.json").write_text(
+        json.dumps(
+            {
+                "members": [
+                    {"index": m.index, "subset": m.subset, "seed": m.seed, "sha256": m.model_file.sha256}
+                    for m in ensemble.members
+                ],
+                "e0s": ensemble.e0s,
+                "r_max": ensemble.r_max,
+                "elements": ensemble.elements,
+            },
+            indent=2,
+        )
+    )
+
+    summary = {
+        "material": result.material,
+        "preset": settings.preset,
+        "temperatures": settings.loop.temperatures,
+        "labeller": settings.labeller.identity().model_dump(),
+        "settings": settings.model_dump(mode="json"),
+        "iterations": [
+            {
+                "iteration": h.iteration,
+                "n_train": h.n_train,
+                "n_test": h.n_test,
+                "n_selected": h.n_selected,
+                "n_labelled": h.n_labelled,
+                "n_label_failures": h.n_label_failures,
+                "n_scored": h.n_scored,
+                "acceptance_fraction": h.acceptance_fraction,
+                "test_mae_energy_meV_per_atom": h.test_mae_energy_meV_per_atom,
+                "test_mae_forces_meV_per_A": h.test_mae_forces_meV_per_A,
+                "test_rmse_energy_meV_per_atom": h.test_rmse_energy_meV_per_atom,
+                "test_rmse_forces_meV_per_A": h.test_rmse_forces_meV_per_A,
+                "test_mae_sigma_a": h.test_mae_sigma_a,
+                "uncertainty_key": h.uncertainty_key,
+                "uncertainty_mean": h.uncertainty_mean,
+                "uncertainty_std": h.uncertainty_std,
+                "wall_seconds": h.wall_seconds,
+            }
+            for h in state.history
+        ],
+        "converged": result.converged,
+        "stop_reason": result.stop_reason,
+        "labels_used": state.labels_used,
+        "n_dataset": len(dataset),
+        "n_test": len(test_frames),
+        "this_invocation": {**counts, "wall_seconds": wall_seconds},
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    try:
+        from workflows.report import write_report
+
+        write_report(result, store, workdir, settings, ensemble, test_frames)
+    except Exception as exc:  # a broken plot must not lose the run's results
+        logger.warning("report could not be written: %s", exc)
+    return summary
+
+
+def _flatten_info(frame: Frame) -> Frame:
+    """Keep only scalar info so extxyz can write it."""
+    info = {
+        k: v for k, v in frame.info.items() if isinstance(v, str | int | float | bool) and k != "velocities"
+    }
+    return frame.model_copy(update={"info": info})

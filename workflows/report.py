@@ -1,0 +1,242 @@
+"""Plots a scientist looks at first after a run, and a one-page HTML that shows them.
+
+- ``test_errors.png``: test energy and force MAE per iteration, with the data size;
+- ``uncertainty_trajectories.png``: the uncertainty along each exploration trajectory
+  with the acceptance threshold (Ū + s·σ_U, where P_U = 0.5);
+- ``acceptance.png``: acceptance probability against uncertainty and energy;
+- ``parity.png``: the final ensemble against the reference on the test set;
+- ``sigma_a.png``: anharmonicity σ^A of reference (test) frames and of MLIP-MD frames;
+- ``calibration.png``: predicted uncertainty of each newly labelled frame against its
+  true force error (Spearman rank correlation in the title).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (no ties correction needed for continuous data)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 3:
+        return float("nan")
+    rx = np.argsort(np.argsort(x[ok]))
+    ry = np.argsort(np.argsort(y[ok]))
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def write_report(
+    result: Any,
+    store: Any,
+    workdir: Path,
+    settings: Any,
+    ensemble: Any,
+    test_frames: list[Any],
+) -> Path:
+    """Write ``report/*.png`` and ``report/report.html`` into ``workdir``."""
+    plt = _plt()
+    out = Path(workdir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    history = result.state.history
+    figures: list[tuple[str, str]] = []
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figures.append((name, caption))
+
+    # 1. learning curve ---------------------------------------------------------------
+    it = [h.iteration for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a1.plot(it, [h.test_mae_forces_meV_per_A for h in history], "o-", label="force MAE")
+    a1.set_xlabel("iteration")
+    a1.set_ylabel("test force MAE (meV/Å)")
+    ax = a1.twinx()
+    ax.plot(it, [h.n_train for h in history], "s--", color="grey", label="training frames")
+    ax.set_ylabel("training frames", color="grey")
+    a2.plot(it, [h.test_mae_energy_meV_per_atom for h in history], "o-", color="C1")
+    a2.set_xlabel("iteration")
+    a2.set_ylabel("test energy MAE (meV/atom)")
+    for a in (a1, a2):
+        a.xaxis.get_major_locator().set_params(integer=True)
+    save(fig, "test_errors.png", "Test-set errors per iteration (grey: training-set size).")
+
+    # 2./3. exploration ---------------------------------------------------------------
+    shift = settings.selection.shift
+    logs = []
+    for h in history:
+        for uuid in h.exploration_uuids:
+            try:
+                doc = store.get_output(uuid, load=True)
+            except Exception as exc:  # a missing doc must not stop the report
+                logger.warning("exploration %s not found: %s", uuid, exc)
+                continue
+            log = doc.log if hasattr(doc, "log") else doc.get("log", {})
+            temp = doc.temperature if hasattr(doc, "temperature") else doc.get("temperature")
+            logs.append((h, temp, log))
+    if logs:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for k, (h, temp, log) in enumerate(logs):
+            step = np.asarray(log.get("step", []), float)
+            u = np.asarray(log.get("u", []), float)
+            if not len(u):
+                continue
+            line = ax.plot(step, u, lw=1, color=f"C{k % 10}", label=f"it{h.iteration} {temp:g} K")[0]
+            ax.axhline(h.uncertainty_mean + shift * h.uncertainty_std, ls=":", color=line.get_color())
+            acc = np.asarray(log.get("accepted", []), bool)
+            if acc.any():
+                ax.plot(step[acc], u[acc], "x", color=line.get_color())
+        ax.set_xlabel("MD step")
+        ax.set_ylabel(f"uncertainty ({history[0].uncertainty_key})")
+        ax.legend(fontsize=7)
+        save(
+            fig,
+            "uncertainty_trajectories.png",
+            "Uncertainty along each exploration trajectory; dotted: acceptance threshold "
+            f"Ū + {shift:g}σ_U of that iteration (P_U = 0.5); crosses: accepted frames.",
+        )
+
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for k, (h, temp, log) in enumerate(logs):
+            u = np.asarray(log.get("u", []), float)
+            e = np.asarray(log.get("energy_per_atom", log.get("energy", [])), float)
+            p = np.asarray(log.get("p", []), float)
+            if not len(p):
+                continue
+            a1.scatter(u, p, s=8, color=f"C{k % 10}", label=f"it{h.iteration} {temp:g} K")
+            a2.scatter(e, p, s=8, color=f"C{k % 10}")
+        a1.set_xlabel("uncertainty")
+        a1.set_ylabel("acceptance probability P = P_U·P_E")
+        a2.set_xlabel("ensemble energy (eV/atom)")
+        a1.legend(fontsize=7)
+        save(fig, "acceptance.png", "Acceptance probability against uncertainty and energy.")
+
+    # 4. parity -------------------------------------------------------------------------
+    if test_frames:
+        from makers.ensemble import EnsembleCalculator
+
+        calc = EnsembleCalculator.from_document(ensemble, device="cpu")
+        preds = calc.evaluate([f.to_atoms() for f in test_frames])
+        e_ref = np.array([f.energy / f.n_atoms for f in test_frames])
+        e_pred = np.array([p["energy"] / f.n_atoms for p, f in zip(preds, test_frames, strict=True)])
+        f_ref = np.concatenate([np.ravel(f.forces) for f in test_frames])
+        f_pred = np.concatenate([np.ravel(p["forces"]) for p in preds])
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.8))
+        for a, x, y, unit in ((a1, e_ref, e_pred, "eV/atom"), (a2, f_ref, f_pred, "eV/Å")):
+            a.scatter(x, y, s=6, alpha=0.6)
+            lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+            a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+            a.set_xlabel(f"reference ({unit})")
+            a.set_ylabel(f"ensemble mean ({unit})")
+        a1.set_title(f"energy MAE {np.mean(np.abs(e_pred - e_ref)) * 1000:.2f} meV/atom", fontsize=9)
+        a2.set_title(f"force MAE {np.mean(np.abs(f_pred - f_ref)) * 1000:.1f} meV/Å", fontsize=9)
+        save(fig, "parity.png", "Final ensemble against the reference labeller on the test set.")
+
+    # 5. sigma^A ------------------------------------------------------------------------
+    try:
+        fig_made = _sigma_a_plot(plt, result, store, test_frames, save)
+        if not fig_made:
+            logger.info("no MLIP-MD frames yet: no sigma^A comparison")
+    except Exception as exc:
+        logger.warning("sigma^A plot skipped: %s", exc)
+
+    # 6. calibration --------------------------------------------------------------------
+    cal = [(c["uncertainty"], c["force_rmse_meV_per_A"], h.iteration) for h in history for c in h.calibration]
+    if cal:
+        u, err, its = (np.array(v) for v in zip(*cal, strict=True))
+        fig, ax = plt.subplots(figsize=(5, 4))
+        sc = ax.scatter(u, err, c=its, cmap="viridis", s=14)
+        fig.colorbar(sc, ax=ax, label="iteration")
+        ax.set_xlabel("predicted uncertainty at selection")
+        ax.set_ylabel("true force RMSE once labelled (meV/Å)")
+        ax.set_title(f"Spearman ρ = {spearman(u, err):.2f} (n = {len(u)})", fontsize=9)
+        save(
+            fig,
+            "calibration.png",
+            "How well the ensemble's uncertainty ranks the true error of the frames it chose.",
+        )
+
+    _write_html(out, result, history, figures)
+    return out / "report.html"
+
+
+def _sigma_a_plot(plt, result, store, test_frames, save) -> bool:
+    from makers.selection import anharmonicity_score, minimum_image_displacements
+
+    fc_doc = store.get_output(result.state.fc_uuid, load=True)
+    fc = fc_doc.fc_array() if hasattr(fc_doc, "fc_array") else np.asarray(fc_doc["force_constants"])
+    ref = fc_doc.reference if hasattr(fc_doc, "reference") else fc_doc["reference"]
+    ref_pos = np.asarray(ref.positions if hasattr(ref, "positions") else ref["positions"])
+    cell = np.asarray(ref.cell if hasattr(ref, "cell") else ref["cell"])
+
+    def score(f) -> float:
+        u = minimum_image_displacements(np.asarray(f.positions), ref_pos, cell)
+        return float(anharmonicity_score(np.asarray(f.forces), u, fc))
+
+    md = [f for f in result.state.train.frames if f.info.get("source") == "mlip-md"]
+    if not md:
+        return False
+    s_ref = [score(f) for f in test_frames]
+    s_md = [score(f) for f in md]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(0, max(max(s_ref), max(s_md)) * 1.05, 25)
+    ax.hist(s_ref, bins=bins, alpha=0.6, label=f"reference test frames (n={len(s_ref)})")
+    ax.hist(s_md, bins=bins, alpha=0.6, label=f"selected MLIP-MD frames (n={len(s_md)})")
+    ax.set_xlabel("σ^A (reference forces)")
+    ax.set_ylabel("frames")
+    ax.legend(fontsize=8)
+    save(
+        fig,
+        "sigma_a.png",
+        "Anharmonicity σ^A of the reference test frames and of the MLIP-MD frames the loop "
+        "selected; MLIP-MD frames far above the reference hint at hallucinated or rare states.",
+    )
+    return True
+
+
+def _write_html(out: Path, result: Any, history: list[Any], figures: list[tuple[str, str]]) -> None:
+    rows = "".join(
+        f"<tr><td>{h.iteration}</td><td>{h.n_train}</td><td>{h.n_selected}</td>"
+        f"<td>{h.n_scored}</td><td>{h.test_mae_energy_meV_per_atom:.2f}</td>"
+        f"<td>{h.test_mae_forces_meV_per_A:.1f}</td><td>{h.uncertainty_mean:.4g}</td>"
+        f"<td>{h.uncertainty_std:.4g}</td><td>{h.wall_seconds:.0f}</td></tr>"
+        for h in history
+    )
+    imgs = "".join(
+        f'<figure><img src="{name}" alt="{html.escape(name)}"><figcaption>{html.escape(cap)}'
+        "</figcaption></figure>"
+        for name, cap in figures
+    )
+    verdict = "converged" if result.converged else "not converged"
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>active-mlip: {html.escape(result.material)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
+<h1>{html.escape(result.material)}: active learning report</h1>
+<p><b>{verdict}</b>: {html.escape(result.stop_reason)}. Labels used: {result.state.labels_used}.</p>
+<table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
+<th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th><th>wall (s)</th></tr>
+{rows}</table>{imgs}
+<p><small>{html.escape(json.dumps({"figures": [f for f, _ in figures]}))}</small></p>
+</body></html>"""
+    (out / "report.html").write_text(page)

@@ -1,0 +1,174 @@
+"""Settings of an active-learning run: one pydantic object per concern, and presets.
+
+``ActiveLearningSettings`` gathers the per-stage settings (labeller, training,
+exploration, selection) with the loop's own (:class:`LoopSettings`). Presets give
+complete, tested combinations:
+
+``tiny``
+    the tests' settings: 8-atom CuI cell, 2 members of 8 channels, a few epochs;
+    a two-iteration run takes a few minutes on 2 CPU cores.
+``quick``
+    the embedded main job: 64-atom CuI, 4 members, ~3 iterations in under 20 min on
+    2 CPU cores.
+``paper``
+    close to the paper's settings (n_sub=3, n_seed=2, larger MACE, longer MD); for GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from active_mlip.documents import Document
+from active_mlip.hashing import content_hash
+from makers.exploration import ExplorationSettings
+from makers.labelling import CHGNetLabeller, Labeller
+from makers.selection import SelectionSettings
+from makers.training import TrainingSettings
+from workflows.routing import RoutingTable
+
+PresetName = Literal["tiny", "quick", "paper"]
+
+
+class LoopSettings(Document):
+    """The loop itself: initial data, test set, quota per iteration and stopping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperatures: list[float] = Field([300.0], description="MD/sampling temperatures (K).")
+    supercell: tuple[int, int, int] | None = Field(
+        None, description="Supercell of the conventional cell; None = the material's default."
+    )
+    initial: Literal["harmonic", "trajectory"] = Field(
+        "harmonic", description="Initial data: harmonic stochastic sampling or an aiMD file."
+    )
+    trajectory: str | None = Field(None, description="aiMD trajectory (extxyz/ASE traj).")
+    n_initial: int = Field(20, ge=2, description="Initial training frames (all temperatures).")
+    n_test: int = Field(20, ge=2, description="Fixed test-set size, drawn once.")
+    n_new: int = Field(10, ge=1, description="Frames selected per iteration (all temperatures).")
+    max_iterations: int = Field(4, ge=1, description="Ensembles trained at most.")
+    max_labels: int | None = Field(None, ge=1, description="Reference labels used at most.")
+    force_mae_rtol: float = Field(
+        0.05, gt=0, description="Converged when the test force MAE changes by less than this."
+    )
+    converge_window: int = Field(2, ge=1, description="... over this many iterations ...")
+    acceptance_threshold: float = Field(
+        0.05, ge=0, le=1, description="... and the fraction of scored frames accepted is below."
+    )
+    e0s: dict[str, float] | Literal["isolated"] = Field(
+        "isolated",
+        description="Reference energy per element (eV), or 'isolated' to compute them with "
+        "the labeller (in-process labellers only).",
+    )
+    seed: int = Field(0, description="Seeds every random choice of the run.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive_temperatures(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("temperatures must name at least one temperature")
+        bad = [t for t in v if not t > 0]
+        if bad:
+            raise ValueError(f"temperatures must be > 0 K, got {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _trajectory_given(self) -> LoopSettings:
+        if self.initial == "trajectory" and not self.trajectory:
+            raise ValueError("initial='trajectory' needs loop.trajectory (an extxyz/traj path)")
+        return self
+
+
+class ActiveLearningSettings(Document):
+    """Everything an active-learning run of one material depends on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: str = "custom"
+    loop: LoopSettings = Field(default_factory=LoopSettings)
+    labeller: Labeller = Field(default_factory=CHGNetLabeller)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
+    selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    routing: RoutingTable = Field(default_factory=RoutingTable)
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes results (not the preset's name)."""
+        # Routing changes where jobs run, not what they compute.
+        return content_hash(self.model_dump(mode="json", exclude={"preset", "routing"}))
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ActiveLearningSettings:
+        """Build a preset, with top-level sections replaced or updated by ``overrides``.
+
+        ``overrides`` maps a section name (``loop``, ``training``, ...) to a dict of
+        fields to change, e.g. ``from_preset("tiny", loop={"temperatures": [200]})``.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        data = PRESETS[name]().model_dump()
+        for section, values in overrides.items():
+            if section not in data:
+                raise ValueError(f"unknown settings section {section!r}")
+            if isinstance(values, dict) and isinstance(data[section], dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return cls.model_validate(data)
+
+
+def _tiny() -> ActiveLearningSettings:
+    return ActiveLearningSettings(
+        preset="tiny",
+        loop=LoopSettings(
+            temperatures=[300.0],
+            supercell=(1, 1, 1),
+            n_initial=12,
+            n_test=8,
+            n_new=6,
+            max_iterations=2,
+        ),
+        training=TrainingSettings.preset("tiny"),
+        exploration=ExplorationSettings(timestep_fs=4.0, loginterval=5, max_steps=300),
+        selection=SelectionSettings(),
+    )
+
+
+def _quick() -> ActiveLearningSettings:
+    return ActiveLearningSettings(
+        preset="quick",
+        loop=LoopSettings(
+            temperatures=[300.0],
+            supercell=(2, 2, 2),
+            n_initial=24,
+            n_test=16,
+            n_new=12,
+            max_iterations=3,
+        ),
+        training=TrainingSettings.preset("quick"),
+        exploration=ExplorationSettings(timestep_fs=4.0, loginterval=10, max_steps=1000),
+        selection=SelectionSettings(),
+    )
+
+
+def _paper() -> ActiveLearningSettings:
+    return ActiveLearningSettings(
+        preset="paper",
+        loop=LoopSettings(
+            temperatures=[300.0],
+            supercell=None,
+            n_initial=90,
+            n_test=100,
+            n_new=90,
+            max_iterations=20,
+            force_mae_rtol=0.02,
+            converge_window=3,
+        ),
+        training=TrainingSettings.preset("paper"),
+        exploration=ExplorationSettings(timestep_fs=2.0, loginterval=10, max_steps=20000),
+        selection=SelectionSettings(),
+    )
+
+
+PRESETS = {"tiny": _tiny, "quick": _quick, "paper": _paper}
