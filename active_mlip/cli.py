@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -137,14 +136,6 @@ def _pretty_validation(exc) -> str:
     return "\n".join(
         f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
     )
-
-
-def main() -> None:  # pragma: no cover - entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
 
 
 from active_mlip import cli_fireworks  # noqa: E402,F401  (registers submit/status/restart/webgui)

@@ -32,9 +32,10 @@ import numpy as np
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols
 from jobflow import Flow, JobConfig, Maker, job
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from active_mlip.blobs import Blob
+from active_mlip.documents import Document
 from active_mlip.frames import Frame
 from active_mlip.hashing import content_hash
 from active_mlip.stores import ResultCache
@@ -83,7 +84,7 @@ main()
 """
 
 
-class TrainingSettings(BaseModel):
+class TrainingSettings(Document):
     """How the ensemble is trained: its shape, the MACE hyperparameters, where it runs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -588,7 +589,11 @@ def run_mace_training(
 # jobs
 # ------------------------------------------------------------------------------------
 def _parent_member(
-    previous: EnsembleDocument | None, settings: TrainingSettings, index: int, subset: int
+    previous: EnsembleDocument | None,
+    settings: TrainingSettings,
+    index: int,
+    subset: int,
+    elements: list[str] | None = None,
 ) -> tuple[MemberDocument | None, str]:
     """The previous iteration's member to warm start from, or None with the reason."""
     if not settings.warm_start:
@@ -600,6 +605,8 @@ def _parent_member(
     member = previous.members[index]
     if member.subset != subset:
         return None, f"previous member {index} trained on subset {member.subset}, not {subset}"
+    if elements is not None and list(previous.elements) != list(elements):
+        return None, f"previous ensemble covers {previous.elements}, not {list(elements)}"
     prev_arch = {k: previous.settings.get(k) for k in _ARCHITECTURE_KEYS}
     if prev_arch != settings.architecture():
         return None, "previous ensemble has a different architecture"
@@ -639,7 +646,9 @@ def train_member(
     train, valid = split_subset(
         frames, subset, settings.n_sub, settings.seed, settings.valid_fraction
     )
-    parent, why = _parent_member(previous, settings, index, subset)
+    parent, why = _parent_member(
+        previous, settings, index, subset, sorted(e0s, key=lambda s: _ATOMIC_NUMBERS[s])
+    )
     key = content_hash(
         {
             "kind": "mace-member",

@@ -40,7 +40,7 @@ from makers.exploration import ExplorationDocument, ExplorationMaker
 from makers.labelling import LabelMaker, validate_frames
 from makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker, import_trajectory
 from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
-from makers.training import EnsembleTrainingMaker, assign_subsets
+from makers.training import EnsembleTrainingMaker, TrainingSettings, assign_subsets
 from workflows.routing import route, tag
 from workflows.settings import ActiveLearningSettings
 
@@ -159,7 +159,9 @@ def initial_split(
         frames[i].with_info(role="train", iteration=0, source=frames[i].info.get("source", "initial"))
         for i in sorted(order[loop.n_test :][: loop.n_initial])
     ]
-    train = assign_subsets(train, settings.training.n_sub, loop.seed)
+    train = assign_subsets(
+        train, settings.training.n_sub, loop.seed, valid_fraction=settings.training.valid_fraction
+    )
     uuid = CURRENT_JOB.job.uuid
     starts = {_tkey(t): reference.unlabelled(temperature=t) for t in loop.temperatures}
     return LoopState(
@@ -199,12 +201,22 @@ def merge(
     labelled: LabelledBatch,
     explorations: list[ExplorationDocument],
     ensemble: EnsembleDocument,
-    n_sub: int,
+    training: TrainingSettings,
     seed: int,
+    history: list[IterationRecord],
 ) -> LoopState:
-    """Add the newly labelled frames to the training subsets; advance the MD starts."""
+    """Add the newly labelled frames to the training subsets; advance the MD starts.
+
+    ``history`` is the controller's record up to this iteration (small, passed by value:
+    the controller's updated state is not stored anywhere else).
+    """
     new = [f.with_info(role="train") for f in labelled.frames]
-    train = assign_subsets(list(state.train.frames) + new, n_sub, seed + state.iteration + 1)
+    train = assign_subsets(
+        list(state.train.frames) + new,
+        training.n_sub,
+        seed + state.iteration + 1,
+        valid_fraction=training.valid_fraction,
+    )
     starts = dict(state.starts)
     n_scored = n_accepted = 0
     for doc in explorations:
@@ -226,6 +238,7 @@ def merge(
     return state.model_copy(
         update={
             "iteration": state.iteration + 1,
+            "history": list(history),
             "train": FrameSet(frames=train),
             "test": None,
             "starts": starts,
@@ -357,7 +370,7 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
                 f"{w} iterations and {state.last_acceptance_fraction:.1%} of scored frames were "
                 f"accepted (< {loop.acceptance_threshold:.0%})"
             )
-    if state.iteration > 0 and history[-2].n_selected == 0:
+    if len(history) > 1 and history[-2].n_selected == 0:
         return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
     if state.iteration + 1 >= loop.max_iterations:
         return False, f"max_iterations ({loop.max_iterations}) reached"
@@ -404,7 +417,13 @@ def _iteration_flow(
     label.name = f"{state.material} it{i} label"
     tag(label, "labelling")
     new_state = merge(
-        state_ref, label.output, outputs, ensemble_ref, settings.training.n_sub, loop.seed
+        state_ref,
+        label.output,
+        outputs,
+        ensemble_ref,
+        settings.training,
+        loop.seed,
+        history=current_state.history,
     )
     new_state.name = f"{state.material} it{i + 1} merge"
     tag(new_state, "glue")
@@ -421,7 +440,7 @@ def _iteration_flow(
         exploration_uuids=[e.uuid for e in explorations],
         label_uuid=label.uuid,
     )
-    return Flow(jobs, name=f"{state.material} iteration {i + 1}")
+    return Flow(jobs, output=jobs[-1].output, name=f"{state.material} iteration {i + 1}")
 
 
 def _train_evaluate_decide(

@@ -124,12 +124,14 @@ def _tiny() -> ActiveLearningSettings:
         loop=LoopSettings(
             temperatures=[300.0],
             supercell=(1, 1, 1),
-            n_initial=12,
+            n_initial=20,
             n_test=8,
             n_new=6,
             max_iterations=2,
         ),
-        training=TrainingSettings.preset("tiny"),
+        # 30 epochs cost little more than 10 (start-up dominates) and give an ensemble
+        # good enough that MD stays physical and selection has something to do.
+        training=TrainingSettings.preset("tiny", max_num_epochs=30),
         exploration=ExplorationSettings(timestep_fs=4.0, loginterval=5, max_steps=300),
         selection=SelectionSettings(),
     )

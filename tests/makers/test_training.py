@@ -156,6 +156,8 @@ def test_warm_start_parent_is_skipped_when_it_cannot_apply():
         settings=settings.model_dump(),
     )
     assert _parent_member(prev, settings, 0, 0)[0] is member
+    assert _parent_member(prev, settings, 0, 0, ["Cu"])[0] is member
+    assert _parent_member(prev, settings, 0, 0, ["Cu", "I"])[0] is None  # a new element
     assert _parent_member(prev, settings, 1, 0)[0] is None  # no member 1 before
     assert _parent_member(None, settings, 0, 0)[0] is None
     off = settings.model_copy(update={"warm_start": False})
@@ -281,3 +283,24 @@ def test_warm_start_beats_training_from_scratch(trained):
     warm_loss = np.mean([m.metrics["valid_loss"] for m in warm.members])
     cold_loss = np.mean([m.metrics["valid_loss"] for m in cold.members])
     assert warm_loss < cold_loss
+
+
+def test_mace_arguments(tmp_path):
+    from makers.training import _mace_args
+
+    s = TrainingSettings.preset("tiny", warm_start_epochs=3, warm_start_lr=0.001)
+    e0s = {"I": -0.25, "Cu": -1.5}
+    cold = _mace_args(s, tmp_path, 11, "cpu", e0s, None, n_train=3)
+    opts = dict(zip(cold[::2], cold[1::2], strict=False))
+    # E0s keyed by atomic number; every member gets the same element table, sorted by Z.
+    assert opts["--E0s"] == "{53: -0.25, 29: -1.5}"
+    assert opts["--atomic_numbers"] == "[29, 53]"
+    assert opts["--batch_size"] == "3"  # MACE drops incomplete batches: never above n_train
+    assert opts["--max_num_epochs"] == "10" and opts["--lr"] == "0.01"
+    assert opts["--seed"] == "11" and "--foundation_model" not in opts
+    warm = _mace_args(s, tmp_path, 11, "cpu", e0s, tmp_path / "p.model", n_train=30)
+    wopts = dict(zip(warm[::2], warm[1::2], strict=False))
+    assert wopts["--foundation_model"] == str(tmp_path / "p.model")
+    assert wopts["--multiheads_finetuning"] == "False"
+    assert wopts["--max_num_epochs"] == "3" and wopts["--lr"] == "0.001"
+    assert wopts["--batch_size"] == "4"

@@ -114,7 +114,7 @@ def test_second_invocation_reuses_everything(tiny_run):
 def test_killed_run_resumes_to_the_same_dataset(tiny_run, tmp_path):
     workdir, _ = tiny_run
     target = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "active_mlip.cli", "run", "CuI", "--preset", "tiny",
+    cmd = [sys.executable, "-m", "active_mlip", "run", "CuI", "--preset", "tiny",
            "--workdir", str(target)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "COLUMNS": "200"})
