@@ -46,7 +46,9 @@ class ProgressHandler(logging.Handler):
             else:
                 dt = time.time() - self.started.pop(uuid, time.time())
                 if not name.startswith("store_inputs"):
-                    console.print(f"[dim]{elapsed}[/dim] [green]✓[/green] {name} [dim]({dt:.1f} s)[/dim]")
+                    console.print(
+                        f"[dim]{elapsed}[/dim] [green]✓[/green] {name} [dim]({dt:.1f} s)[/dim]"
+                    )
             return
         if record.name.startswith("jobflow"):
             return
@@ -70,24 +72,38 @@ def _fail(msg: str) -> None:
 
 @app.command()
 def run(
-    material: Annotated[str, typer.Argument(help="Built-in formula (CuI, AgGaSe2) or a CIF/POSCAR/extxyz file.")],
+    material: Annotated[
+        str, typer.Argument(help="Built-in formula (CuI, AgGaSe2) or a CIF/POSCAR/extxyz file.")
+    ],
     preset: Annotated[str, typer.Option(help="Settings preset: tiny, quick or paper.")] = "quick",
-    workdir: Annotated[Path | None, typer.Option(help="Work directory (default runs/<material>).")] = None,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Work directory (default runs/<material>).")
+    ] = None,
     temperatures: Annotated[
         str | None, typer.Option(help="Comma-separated temperatures in K (default: the preset's).")
     ] = None,
-    max_iterations: Annotated[int | None, typer.Option(help="Override the preset's maximum iterations.")] = None,
+    max_iterations: Annotated[
+        int | None, typer.Option(help="Override the preset's maximum iterations.")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Delete a previous run in WORKDIR and start over.")] = False,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Delete a previous run in WORKDIR and start over.")
+    ] = False,
 ) -> None:
     """Run (or resume) the active-learning loop locally on the embedded default.
 
     The embedded default is a file-backed job store in WORKDIR, the CHGNet universal
     potential as a stand-in for DFT, and the CPU (a GPU when present).
     """
+    import warnings
+
     from pydantic import ValidationError
 
     from workflows.local import RunConflictError, run_local
+
+    # Library deprecation chatter (jobflow, e3nn, chgnet) would bury the progress display.
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
     from workflows.settings import ActiveLearningSettings
 
     loop: dict = {}
@@ -129,12 +145,15 @@ def run(
         f"labels computed {inv['labels_computed']}, reused {inv['labels_reused']}; members trained "
         f"{inv['members_trained']}, reused {inv['members_reused']}; {time.time() - t0:.0f} s"
     )
-    console.print(f"results in {workdir}/ (summary.json, dataset.extxyz, models/, report/report.html)")
+    console.print(
+        f"results in {workdir}/ (summary.json, dataset.extxyz, models/, report/report.html)"
+    )
 
 
 def _pretty_validation(exc) -> str:
     return "\n".join(
-        f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
     )
 
 

@@ -62,9 +62,7 @@ class Frame(Document):
 
     def to_atoms(self) -> Atoms:
         """Return ASE atoms; labels are attached as a single-point calculator."""
-        atoms = Atoms(
-            numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc
-        )
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
         atoms.info.update(self.info)
         if self.labelled:
             kwargs: dict[str, Any] = {"energy": self.energy, "forces": np.array(self.forces)}

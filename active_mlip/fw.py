@@ -21,7 +21,6 @@ import ipaddress
 import logging
 import os
 import re
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +28,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from jobflow import JobStore
 
-from active_mlip.stores import MONGO_DB_ENV, MONGO_URI_ENV, StoreSettings, make_job_store
+from active_mlip.stores import (
+    MONGO_DB_ENV,
+    MONGO_URI_ENV,
+    InsecureConfigError,
+    StoreSettings,
+    make_job_store,
+    read_private_yaml,
+)
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad, Workflow
@@ -58,10 +64,6 @@ class DatabaseUnreachableError(RuntimeError):
     """MongoDB cannot be reached (or refuses the credentials)."""
 
 
-class InsecureConfigError(ValueError):
-    """A configuration file with a password is readable by other users."""
-
-
 # ---------------------------------------------------------------------------------------
 # LaunchPad
 # ---------------------------------------------------------------------------------------
@@ -87,22 +89,7 @@ def check_launchpad_file(path: str | Path) -> dict[str, Any]:
     ValueError
         If the file is missing or not a mapping.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"launchpad file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"launchpad file {path} is not a mapping")
-    has_password = bool(data.get("password")) or bool(
-        re.search(r"://[^/@:]+:[^@/]+@", str(data.get("host") or ""))
-    )
-    mode = path.stat().st_mode
-    if has_password and mode & (stat.S_IRGRP | stat.S_IROTH):
-        raise InsecureConfigError(
-            f"refusing launchpad file {path}: it holds a password and is readable by other users "
-            f"(mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
-        )
-    return data
+    return read_private_yaml(path, "launchpad")
 
 
 def launchpad_from_uri(uri: str, timeout_ms: int = 5000) -> LaunchPad:

@@ -30,6 +30,47 @@ from active_mlip.documents import Document
 MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
 #: Environment variable naming the MongoDB database.
 MONGO_DB_ENV = "ACTIVE_MLIP_MONGO_DB"
+#: Environment variable naming a YAML store file (``mongo_uri``, ``database``, ``prefix``).
+STORE_FILE_ENV = "ACTIVE_MLIP_STORE_FILE"
+
+
+class InsecureConfigError(ValueError):
+    """A configuration file with a password is readable by other users."""
+
+
+def read_private_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """Read a YAML mapping; refuse it when it holds a password others can read.
+
+    A password counts when a ``password`` key is set or a ``host``/``mongo_uri`` value
+    is a URI with ``user:password@``.
+
+    Raises
+    ------
+    InsecureConfigError
+        If group or others can read a file holding a password.
+    ValueError
+        If the file is missing or not a mapping.
+    """
+    import re
+    import stat
+
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} file {path} is not a mapping")
+    uris = " ".join(str(data.get(k) or "") for k in ("host", "mongo_uri"))
+    has_password = bool(data.get("password")) or bool(re.search(r"://[^/@:]+:[^@/]+@", uris))
+    mode = path.stat().st_mode
+    if has_password and mode & (stat.S_IRGRP | stat.S_IROTH):
+        raise InsecureConfigError(
+            f"refusing {what} file {path}: it holds a password and is readable by other "
+            f"users (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
+        )
+    return data
 
 
 class StoreSettings(Document):
@@ -39,13 +80,21 @@ class StoreSettings(Document):
         None, description="Directory of the file-backed store (embedded default)."
     )
     mongo_uri: str | None = Field(
-        None, description=f"MongoDB URI; taken from ${MONGO_URI_ENV} when unset.", repr=False
+        None,
+        description=f"MongoDB URI; taken from ${MONGO_URI_ENV}, else from the YAML file "
+        f"named by ${STORE_FILE_ENV}, when unset.",
+        repr=False,
     )
     database: str = Field("active_mlip", description="MongoDB database name.")
     prefix: str = Field("active_mlip", description="Prefix of collection names.")
 
     def resolved_uri(self) -> str | None:
-        return self.mongo_uri or os.environ.get(MONGO_URI_ENV) or None
+        """The MongoDB URI in force, or ``None`` for the file-backed default."""
+        if self.mongo_uri or os.environ.get(MONGO_URI_ENV):
+            return self.mongo_uri or os.environ.get(MONGO_URI_ENV)
+        if os.environ.get(STORE_FILE_ENV):
+            return read_private_yaml(os.environ[STORE_FILE_ENV], "store").get("mongo_uri")
+        return None
 
 
 def make_job_store(settings: StoreSettings) -> JobStore:

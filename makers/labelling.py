@@ -29,7 +29,9 @@ Units everywhere: eV, eV/Å, eV/Å^3; stress in ASE's Voigt order and sign
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -166,7 +168,9 @@ class _InProcessLabeller(_LabellerBase):
             atoms = Atoms(
                 el, positions=[[half, half, half]], cell=[ISOLATED_ATOM_BOX] * 3, pbc=True
             )
-            out[el] = float(self.label_frame(Frame.from_atoms(atoms)).energy)
+            # CHGNet prints a warning for every lone atom; it is expected here.
+            with contextlib.redirect_stdout(io.StringIO()):
+                out[el] = float(self.label_frame(Frame.from_atoms(atoms)).energy)
         return out
 
 
@@ -182,9 +186,10 @@ def _chgnet_calculator(model_name: str, device: str) -> Calculator:
 
         model = CHGNet.load(model_name=model_name, use_device=device, verbose=False)
         # stress_weight converts CHGNet's GPa (1/V dE/dstrain, tensile positive) to eV/Å^3.
-        _CHGNET_CALCULATORS[key] = CHGNetCalculator(
-            model=model, use_device=device, stress_weight=GPa
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # "CHGNet will run on cpu"
+            _CHGNET_CALCULATORS[key] = CHGNetCalculator(
+                model=model, use_device=device, stress_weight=GPa
+            )
     calc = _CHGNET_CALCULATORS[key]
     calc.reset()
     return calc
@@ -765,7 +770,11 @@ class LabelMaker(Maker):
         if not frames:
             # Inside the loop an exploration may select nothing; that is not an error.
             return LabelledBatch(
-                labeller=self.labeller.identity(), frames=[], n_requested=0, n_labelled=0, n_failed=0
+                labeller=self.labeller.identity(),
+                frames=[],
+                n_requested=0,
+                n_labelled=0,
+                n_failed=0,
             )
         validate_frames(frames, self.labeller)
         cache = ResultCache.from_current_job()

@@ -156,7 +156,9 @@ def initial_split(
     order = rng.permutation(len(frames))
     test = [frames[i].with_info(role="test") for i in sorted(order[: loop.n_test])]
     train = [
-        frames[i].with_info(role="train", iteration=0, source=frames[i].info.get("source", "initial"))
+        frames[i].with_info(
+            role="train", iteration=0, source=frames[i].info.get("source", "initial")
+        )
         for i in sorted(order[loop.n_test :][: loop.n_initial])
     ]
     train = assign_subsets(
@@ -341,7 +343,9 @@ def decide(
     if stop is not None:
         converged, reason = stop
         logger.info("%s: stopping after iteration %d: %s", state.material, state.iteration, reason)
-        return LoopResult(material=state.material, converged=converged, stop_reason=reason, state=state)
+        return LoopResult(
+            material=state.material, converged=converged, stop_reason=reason, state=state
+        )
 
     next_flow = _iteration_flow(
         state=state,
@@ -364,7 +368,10 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
     if len(maes) > w and state.last_acceptance_fraction is not None:
         recent = maes[-(w + 1) :]
         changes = [abs(b - a) / max(a, 1e-12) for a, b in zip(recent[:-1], recent[1:], strict=True)]
-        if max(changes) < loop.force_mae_rtol and state.last_acceptance_fraction < loop.acceptance_threshold:
+        if (
+            max(changes) < loop.force_mae_rtol
+            and state.last_acceptance_fraction < loop.acceptance_threshold
+        ):
             return True, (
                 f"converged: test force MAE changed by < {loop.force_mae_rtol:.0%} over the last "
                 f"{w} iterations and {state.last_acceptance_fraction:.1%} of scored frames were "
@@ -545,7 +552,9 @@ class ActiveLearningMaker(Maker):
             n_each = math.ceil((loop.n_initial + loop.n_test) / len(loop.temperatures))
             sample_jobs = []
             for k, t in enumerate(loop.temperatures):
-                s = sampler.make(fc.output, temperature=t, n_samples=n_each, seed=_seed(loop.seed, 0, k))
+                s = sampler.make(
+                    fc.output, temperature=t, n_samples=n_each, seed=_seed(loop.seed, 0, k)
+                )
                 s.name = f"{material} harmonic samples {t:g}K"
                 tag(s, "glue")
                 sample_jobs.append(s)
@@ -555,6 +564,7 @@ class ActiveLearningMaker(Maker):
             jobs += [*sample_jobs, pool]
             label = LabelMaker(labeller=settings.labeller).make(pool.output.frames)
         else:
+            check_trajectory(loop.trajectory, reference, loop.n_initial + loop.n_test)
             label = load_trajectory(loop.trajectory, settings.labeller.identity())
         label.name = f"{material} initial labels"
         tag(label, "labelling")
@@ -579,6 +589,37 @@ class ActiveLearningMaker(Maker):
         flow = Flow(jobs, output=jobs[-1].output, name=f"{material} {self.name}")
         route(flow, settings.routing)
         return flow
+
+
+def check_trajectory(path: str, reference: Frame, needed: int) -> None:
+    """Reject an aiMD file that cannot seed this run, before any job runs.
+
+    Raises
+    ------
+    ValueError
+        If the file is missing or unreadable, has frames without energies or forces,
+        holds fewer frames than the initial and test sets need, or its atoms differ
+        from the supercell's (count, species or order).
+    """
+    frames = import_trajectory(path)
+    if len(frames) < needed:
+        raise ValueError(
+            f"trajectory {path!r} holds {len(frames)} frames; n_initial + n_test = {needed} "
+            "are needed"
+        )
+    for i, f in enumerate(frames):
+        if f.numbers != reference.numbers:
+            raise ValueError(
+                f"trajectory {path!r} frame {i} has atoms {_formula(f.numbers)} in another "
+                f"order or number than the supercell ({_formula(reference.numbers)}); "
+                "set loop.supercell to the trajectory's cell"
+            )
+
+
+def _formula(numbers: list[int]) -> str:
+    from ase import Atoms
+
+    return f"{Atoms(numbers=numbers).get_chemical_formula()} ({len(numbers)} atoms)"
 
 
 @job(data=DATA_FIELDS)

@@ -51,7 +51,9 @@ def check_workdir(workdir: Path, material: str, settings: ActiveLearningSettings
     try:
         old = json.loads(run_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise RunConflictError(f"{run_file} is unreadable ({exc}); pass --restart to start over") from exc
+        raise RunConflictError(
+            f"{run_file} is unreadable ({exc}); pass --restart to start over"
+        ) from exc
     if old.get("material") != material or old.get("fingerprint") != settings.fingerprint():
         changed = _diff(old.get("settings", {}), settings.model_dump(mode="json"))
         what = f"material {old.get('material')!r}" if old.get("material") != material else ""
@@ -186,7 +188,12 @@ def export_run(
         json.dumps(
             {
                 "members": [
-                    {"index": m.index, "subset": m.subset, "seed": m.seed, "sha256": m.model_file.sha256}
+                    {
+                        "index": m.index,
+                        "subset": m.subset,
+                        "seed": m.seed,
+                        "sha256": m.model_file.sha256,
+                    }
                     for m in ensemble.members
                 ],
                 "e0s": ensemble.e0s,
@@ -246,6 +253,8 @@ def export_run(
 def _flatten_info(frame: Frame) -> Frame:
     """Keep only scalar info so extxyz can write it."""
     info = {
-        k: v for k, v in frame.info.items() if isinstance(v, str | int | float | bool) and k != "velocities"
+        k: v
+        for k, v in frame.info.items()
+        if isinstance(v, str | int | float | bool) and k != "velocities"
     }
     return frame.model_copy(update={"info": info})

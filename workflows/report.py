@@ -100,8 +100,12 @@ def write_report(
             u = np.asarray(log.get("u", []), float)
             if not len(u):
                 continue
-            line = ax.plot(step, u, lw=1, color=f"C{k % 10}", label=f"it{h.iteration} {temp:g} K")[0]
-            ax.axhline(h.uncertainty_mean + shift * h.uncertainty_std, ls=":", color=line.get_color())
+            line = ax.plot(step, u, lw=1, color=f"C{k % 10}", label=f"it{h.iteration} {temp:g} K")[
+                0
+            ]
+            ax.axhline(
+                h.uncertainty_mean + shift * h.uncertainty_std, ls=":", color=line.get_color()
+            )
             acc = np.asarray(log.get("accepted", []), bool)
             if acc.any():
                 ax.plot(step[acc], u[acc], "x", color=line.get_color())
@@ -137,7 +141,9 @@ def write_report(
         calc = EnsembleCalculator.from_document(ensemble, device="cpu")
         preds = calc.evaluate([f.to_atoms() for f in test_frames])
         e_ref = np.array([f.energy / f.n_atoms for f in test_frames])
-        e_pred = np.array([p["energy"] / f.n_atoms for p, f in zip(preds, test_frames, strict=True)])
+        e_pred = np.array(
+            [p["energy"] / f.n_atoms for p, f in zip(preds, test_frames, strict=True)]
+        )
         f_ref = np.concatenate([np.ravel(f.forces) for f in test_frames])
         f_pred = np.concatenate([np.ravel(p["forces"]) for p in preds])
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.8))
@@ -147,7 +153,9 @@ def write_report(
             a.plot([lo, hi], [lo, hi], "k--", lw=0.8)
             a.set_xlabel(f"reference ({unit})")
             a.set_ylabel(f"ensemble mean ({unit})")
-        a1.set_title(f"energy MAE {np.mean(np.abs(e_pred - e_ref)) * 1000:.2f} meV/atom", fontsize=9)
+        a1.set_title(
+            f"energy MAE {np.mean(np.abs(e_pred - e_ref)) * 1000:.2f} meV/atom", fontsize=9
+        )
         a2.set_title(f"force MAE {np.mean(np.abs(f_pred - f_ref)) * 1000:.1f} meV/Å", fontsize=9)
         save(fig, "parity.png", "Final ensemble against the reference labeller on the test set.")
 
@@ -160,12 +168,20 @@ def write_report(
         logger.warning("sigma^A plot skipped: %s", exc)
 
     # 6. calibration --------------------------------------------------------------------
-    cal = [(c["uncertainty"], c["force_rmse_meV_per_A"], h.iteration) for h in history for c in h.calibration]
+    cal = [
+        (c["uncertainty"], c["force_rmse_meV_per_A"], h.iteration)
+        for h in history
+        for c in h.calibration
+    ]
     if cal:
         u, err, its = (np.array(v) for v in zip(*cal, strict=True))
         fig, ax = plt.subplots(figsize=(5, 4))
-        sc = ax.scatter(u, err, c=its, cmap="viridis", s=14)
-        fig.colorbar(sc, ax=ax, label="iteration")
+        if len(set(its.tolist())) > 1:
+            sc = ax.scatter(u, err, c=its, cmap="viridis", s=14)
+            fig.colorbar(sc, ax=ax, label="iteration")
+        else:
+            ax.scatter(u, err, s=14, label=f"iteration {int(its[0])}")
+            ax.legend(fontsize=8)
         ax.set_xlabel("predicted uncertainty at selection")
         ax.set_ylabel("true force RMSE once labelled (meV/Å)")
         ax.set_title(f"Spearman ρ = {spearman(u, err):.2f} (n = {len(u)})", fontsize=9)
@@ -235,7 +251,8 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>{html.escape(result.material)}: active learning report</h1>
 <p><b>{verdict}</b>: {html.escape(result.stop_reason)}. Labels used: {result.state.labels_used}.</p>
 <table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
-<th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th><th>wall (s)</th></tr>
+<th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th>
+<th>wall (s)</th></tr>
 {rows}</table>{imgs}
 <p><small>{html.escape(json.dumps({"figures": [f for f, _ in figures]}))}</small></p>
 </body></html>"""

@@ -17,7 +17,14 @@ from pydantic import ConfigDict, Field
 from active_mlip.documents import Document
 
 Kind = Literal["labelling", "training", "exploration", "evaluation", "glue", "controller"]
-KINDS: tuple[str, ...] = ("labelling", "training", "exploration", "evaluation", "glue", "controller")
+KINDS: tuple[str, ...] = (
+    "labelling",
+    "training",
+    "exploration",
+    "evaluation",
+    "glue",
+    "controller",
+)
 
 
 class RoutingTable(Document):

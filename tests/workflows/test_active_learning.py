@@ -94,8 +94,14 @@ def test_exports_models_and_report(tiny_run):
     models = sorted((workdir / "models").glob("*.model"))
     assert len(models) == tiny().training.n_sub * tiny().training.n_seed
     report = workdir / "report"
-    for name in ("test_errors.png", "uncertainty_trajectories.png", "acceptance.png", "parity.png",
-                 "calibration.png", "report.html"):
+    for name in (
+        "test_errors.png",
+        "uncertainty_trajectories.png",
+        "acceptance.png",
+        "parity.png",
+        "calibration.png",
+        "report.html",
+    ):
         assert (report / name).stat().st_size > 0, name
     assert "CuI" in (report / "report.html").read_text()
 
@@ -114,10 +120,24 @@ def test_second_invocation_reuses_everything(tiny_run):
 def test_killed_run_resumes_to_the_same_dataset(tiny_run, tmp_path):
     workdir, _ = tiny_run
     target = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "active_mlip", "run", "CuI", "--preset", "tiny",
-           "--workdir", str(target)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "active_mlip",
+        "run",
+        "CuI",
+        "--preset",
+        "tiny",
+        "--workdir",
+        str(target),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     seen = ""
     deadline = time.time() + 600
     try:
@@ -185,10 +205,19 @@ def test_built_in_structures():
 
 def _record(i: int, mae: float, n_selected: int = 5) -> IterationRecord:
     return IterationRecord(
-        iteration=i, n_train=10, n_test=5, n_selected=n_selected,
-        test_mae_energy_meV_per_atom=1.0, test_mae_forces_meV_per_A=mae,
-        uncertainty_key="force_max", uncertainty_mean=0.1, uncertainty_std=0.01,
-        wall_seconds=1.0, finished_at=0.0, ensemble_uuid="e", evaluation_uuid="v",
+        iteration=i,
+        n_train=10,
+        n_test=5,
+        n_selected=n_selected,
+        test_mae_energy_meV_per_atom=1.0,
+        test_mae_forces_meV_per_A=mae,
+        uncertainty_key="force_max",
+        uncertainty_mean=0.1,
+        uncertainty_std=0.01,
+        wall_seconds=1.0,
+        finished_at=0.0,
+        ensemble_uuid="e",
+        evaluation_uuid="v",
     )
 
 
@@ -196,16 +225,30 @@ def _state(maes: list[float], acceptance: float | None, labels: int = 10) -> Loo
     from workflows.active_learning import FrameSet
 
     return LoopState(
-        material="X", iteration=len(maes) - 1, train=FrameSet(), e0s={}, starts={},
-        history=[_record(i, m) for i, m in enumerate(maes)], labels_used=labels,
-        last_acceptance_fraction=acceptance, fc_uuid="f", test_uuid="t", started_at=0.0,
+        material="X",
+        iteration=len(maes) - 1,
+        train=FrameSet(),
+        e0s={},
+        starts={},
+        history=[_record(i, m) for i, m in enumerate(maes)],
+        labels_used=labels,
+        last_acceptance_fraction=acceptance,
+        fc_uuid="f",
+        test_uuid="t",
+        started_at=0.0,
     )
 
 
 def test_stopping_rules():
     s = ActiveLearningSettings.from_preset(
-        "tiny", loop={"max_iterations": 10, "force_mae_rtol": 0.05, "converge_window": 2,
-                      "acceptance_threshold": 0.1, "max_labels": 100}
+        "tiny",
+        loop={
+            "max_iterations": 10,
+            "force_mae_rtol": 0.05,
+            "converge_window": 2,
+            "acceptance_threshold": 0.1,
+            "max_labels": 100,
+        },
     )
     # Changes of 2 % and 1 % over the window, few frames accepted: converged.
     done = stopping_reason(_state([50.0, 40.0, 39.2, 38.8], acceptance=0.02), s)

@@ -1,0 +1,95 @@
+"""The loop seeded by an aiMD trajectory, for a material given as a structure file,
+with an ASE calculator (EMT) as the labeller."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.io import read, write
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.units import fs
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from workflows.local import run_local
+from workflows.settings import ActiveLearningSettings
+
+N_FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def cu_inputs(tmp_path_factory):
+    """A Cu CIF and an 'aiMD' (EMT Langevin) trajectory of its 2x1x1 supercell."""
+    d = tmp_path_factory.mktemp("cu")
+    cell = Structure.from_spacegroup("Fm-3m", Lattice.cubic(3.61), ["Cu"], [[0, 0, 0]])
+    cif = d / "Cu.cif"
+    cell.to(filename=str(cif))
+    atoms = AseAtomsAdaptor.get_atoms(Structure.from_file(cif) * (2, 1, 1))
+    atoms.calc = EMT()
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
+    md = Langevin(atoms, 4 * fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(2))
+    images = []
+    for _ in range(N_FRAMES):
+        md.run(10)
+        snap = atoms.copy()
+        snap.calc = None
+        snap.info["energy"] = atoms.get_potential_energy()
+        snap.arrays["forces"] = atoms.get_forces().copy()
+        images.append(snap)
+    traj = d / "aimd.extxyz"
+    write(traj, images, format="extxyz")
+    return cif, traj
+
+
+def settings(traj, **loop) -> ActiveLearningSettings:
+    return ActiveLearningSettings.from_preset(
+        "tiny",
+        labeller={"kind": "ase", "calculator": "ase.calculators.emt.EMT"},
+        loop={
+            "initial": "trajectory",
+            "trajectory": str(traj),
+            "supercell": (2, 1, 1),
+            "n_initial": 16,
+            "n_test": 8,
+            "e0s": "isolated",
+            **loop,
+        },
+    )
+
+
+def test_trajectory_seeded_loop_with_emt(cu_inputs, tmp_path):
+    cif, traj = cu_inputs
+    summary = run_local(str(cif), tmp_path / "run", settings(traj))
+    assert summary["material"] == "Cu"
+    assert summary["labeller"]["name"].startswith("ase")
+    it0 = summary["iterations"][0]
+    assert it0["n_train"] == 16
+    dataset = read(tmp_path / "run" / "dataset.extxyz", ":")
+    initial = [a for a in dataset if a.info["iteration"] == 0]
+    assert {a.info["source"] for a in initial} == {"aimd"}
+    # Frames the loop selected were labelled by EMT: recompute one by hand.
+    new = [a for a in dataset if a.info["iteration"] == 1]
+    assert len(new) == it0["n_labelled"] > 0
+    probe = new[0]
+    ref = probe.copy()
+    ref.calc = EMT()
+    assert probe.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
+    np.testing.assert_allclose(probe.get_forces(), ref.get_forces(), atol=1e-9)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_test"] == 8
+
+
+def test_trajectory_of_another_cell_is_refused_before_any_job(cu_inputs, tmp_path):
+    cif, traj = cu_inputs
+    with pytest.raises(ValueError, match="supercell"):
+        run_local(str(cif), tmp_path / "run", settings(traj, supercell=(1, 1, 1)))
+    assert not (tmp_path / "run").exists()
+
+
+def test_too_short_trajectory_is_refused(cu_inputs, tmp_path):
+    cif, traj = cu_inputs
+    with pytest.raises(ValueError, match="are needed"):
+        run_local(str(cif), tmp_path / "run", settings(traj, n_initial=40))
