@@ -350,10 +350,13 @@ def decide(
     next_flow = _iteration_flow(
         state=state,
         settings=settings,
-        state_ref=OutputReference(state_uuid),
-        ensemble_ref=OutputReference(ensemble_uuid),
-        reference_ref=OutputReference(evaluation_uuid).reference,
-        current_state=state,
+        uuids={
+            "state": state_uuid,
+            "ensemble": ensemble_uuid,
+            "evaluation": evaluation_uuid,
+            "fc": state.fc_uuid,
+            "initial": state.test_uuid,
+        },
     )
     route(next_flow, settings.routing)
     return Response(replace=next_flow)
@@ -386,20 +389,34 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
     return None
 
 
+@job
+def link(uuids: dict[str, str]) -> dict[str, OutputReference]:
+    """References to earlier outputs, for the jobs of a new iteration.
+
+    A flow that a job creates may only reference jobs inside it (jobflow's FireWorks
+    manager checks this), yet each iteration needs earlier outputs: the loop state, the
+    ensemble, the test set. This job's output holds references to them; jobflow
+    resolves references nested in an output when it is read, so nothing is copied.
+    """
+    return {key: OutputReference(uuid) for key, uuid in uuids.items()}
+
+
 def _iteration_flow(
-    state: LoopState,
-    settings: ActiveLearningSettings,
-    state_ref: OutputReference,
-    ensemble_ref: OutputReference,
-    reference_ref: OutputReference,
-    current_state: LoopState,
+    state: LoopState, settings: ActiveLearningSettings, uuids: dict[str, str]
 ) -> Flow:
     """Explore with the current ensemble, label, merge, and train/evaluate/decide again."""
     loop = settings.loop
+    current_state = state
     i = state.iteration
+    links = link(uuids)
+    links.name = f"{state.material} it{i} link"
+    tag(links, "glue")
+    state_ref = links.output["state"]
+    ensemble_ref = links.output["ensemble"]
+    reference_ref = links.output["evaluation"].reference
     n_t = len(loop.temperatures)
     per_t = math.ceil(loop.n_new / n_t)
-    jobs: list[Job | Flow] = []
+    jobs: list[Job | Flow] = [links]
     explorations = []
     explorer = ExplorationMaker(settings=settings.exploration, selection=settings.selection)
     for k, t in enumerate(loop.temperatures):
@@ -442,8 +459,8 @@ def _iteration_flow(
         state_job=new_state,
         e0s=state.e0s,
         previous=ensemble_ref,
-        fc_uuid=state.fc_uuid,
-        test_uuid=state.test_uuid,
+        fc=links.output["fc"],
+        test_frames=links.output["initial"].test.frames,
         exploration_uuids=[e.uuid for e in explorations],
         label_uuid=label.uuid,
     )
@@ -457,12 +474,12 @@ def _train_evaluate_decide(
     state_job: Job,
     e0s: Any,
     previous: Any,
-    fc_uuid: str,
-    test_uuid: str,
+    fc: Any,
+    test_frames: Any,
     exploration_uuids: list[str],
     label_uuid: str | None,
 ) -> list[Job | Flow]:
-    fc_ref = OutputReference(fc_uuid)
+    fc_ref = fc
     warm = previous if settings.training.warm_start else None
     train = EnsembleTrainingMaker(settings=settings.training).make(
         state_job.output.train.frames, e0s, previous=warm, reference_frame=fc_ref.reference
@@ -470,7 +487,7 @@ def _train_evaluate_decide(
     train.name = f"{material} it{iteration} train"
     tag(train, "training", prefix=f"{material} it{iteration}")
     evaluate = TestEvaluationMaker(selection=settings.selection).make(
-        train.output, OutputReference(test_uuid).test.frames, fc_ref
+        train.output, test_frames, fc_ref
     )
     evaluate.name = f"{material} it{iteration} evaluate"
     tag(evaluate, "evaluation")
@@ -581,8 +598,8 @@ class ActiveLearningMaker(Maker):
             state_job=init,
             e0s=e0s,
             previous=None,
-            fc_uuid=fc.output.uuid,
-            test_uuid=init.uuid,
+            fc=fc.output,
+            test_frames=init.output.test.frames,
             exploration_uuids=[],
             label_uuid=label.uuid,
         )

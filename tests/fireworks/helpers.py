@@ -99,12 +99,26 @@ def wait_for(cond: Callable[[], Any], timeout: float, what: str, poll: float = 0
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def fizzle_reasons(lp) -> str:
+    """Name and stack-trace tail of every fizzled firework (for failure messages)."""
+    out = []
+    for fw in lp.fireworks.find({"state": "FIZZLED"}, {"fw_id": 1, "name": 1}):
+        launch = lp.launches.find_one(
+            {"fw_id": fw["fw_id"], "state": "FIZZLED"}, {"action": 1}, sort=[("launch_id", -1)]
+        )
+        trace = (((launch or {}).get("action") or {}).get("stored_data") or {}).get(
+            "_exception", {}
+        )
+        out.append(f"{fw['name']}: {str(trace.get('_stacktrace', trace))[-1500:]}")
+    return "\n".join(out)
+
+
 def workflow_done(lp, campaign: str) -> bool:
     states = [
         wf["state"] for wf in lp.workflows.find({"metadata.campaign": campaign}, {"state": 1})
     ]
     if any(s == "FIZZLED" for s in states):
-        raise AssertionError(f"a workflow of {campaign} fizzled: {states}")
+        raise AssertionError(f"a workflow of {campaign} fizzled: {states}\n{fizzle_reasons(lp)}")
     return bool(states) and all(s == "COMPLETED" for s in states)
 
 
