@@ -13,12 +13,20 @@ covalent radii, energy drift per atom, force cap); the first failing step ends t
 a ``blowup`` report instead of an exception, and only frames that passed the check can be
 candidates. ``last_frame`` is the last sane configuration (with velocities) so the next
 iteration can continue from it.
+
+Several walkers (e.g. one per temperature) can run in lock-step with
+:func:`run_exploration_walkers`: every MD step evaluates all still-running walkers as ONE
+batch (M forward passes for all of them, not M per walker). Its NVT integrator replicates
+ASE's Langevin step with each walker's own random streams, so a walker in a batch follows
+the trajectory :func:`run_exploration` gives it alone; both share the checks, scoring,
+stopping and reporting code (:class:`_Walker`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -141,6 +149,23 @@ class ExplorationDocument(Document):
     reused: bool = Field(False, description="Taken from the result cache, not recomputed.")
 
 
+class ExplorationBatchDocument(Document):
+    """Outcome of several walkers run together (:meth:`ExplorationMaker.make_walkers`)."""
+
+    explorations: list[ExplorationDocument] = Field(
+        description="One document per walker, in input order (their frames and logs go to "
+        "the data store like a single exploration's)."
+    )
+    batched: bool = Field(
+        True, description="False when the walkers ran one after the other ('npt')."
+    )
+    n_force_evaluations: int = Field(0, description="Ensemble evaluations of the whole batch.")
+    n_forward_passes: int = Field(0, description="Member forward passes of the whole batch.")
+    wall_seconds: float = 0.0
+    cache_key: str = ""
+    reused: bool = Field(False, description="Taken from the result cache, not recomputed.")
+
+
 # -- checks ----------------------------------------------------------------------------------
 def _validate_run_args(temperature: float, n_new: int) -> None:
     if not (np.isfinite(temperature) and temperature > 0):
@@ -204,6 +229,11 @@ def _sanity(atoms: Atoms, results: dict, e0_per_atom: float, s: ExplorationSetti
 
 
 # -- the run ---------------------------------------------------------------------------------
+#: Version of ``ase.md.langevin.Langevin`` whose step :func:`_langevin_first_half` and
+#: :func:`_langevin_second_half` replicate; any other version is refused, not approximated.
+_LANGEVIN_VERSION = 5
+
+
 def _make_dynamics(atoms: Atoms, temperature: float, s: ExplorationSettings, rng):
     dt = s.timestep_fs * units.fs
     if s.ensemble == "nvt":
@@ -242,6 +272,256 @@ def _snapshot(atoms: Atoms) -> dict[str, np.ndarray]:
         "cell": atoms.cell.array.copy(),
         "velocities": atoms.get_velocities().copy(),
     }
+
+
+class _Walker:
+    """One exploration trajectory's state and bookkeeping, whoever integrates it.
+
+    Shared by :func:`run_exploration` (ASE dynamics on one structure) and
+    :func:`run_exploration_walkers` (lock-step batch), so both check inputs, seed their
+    streams, detect blow-ups, score frames, stop and report with the same code.
+    The integrator calls :meth:`begin` with the results of the start state, then
+    :meth:`advance` with the results of every new state while :attr:`running`.
+    """
+
+    def __init__(
+        self,
+        calc,
+        start: Frame,
+        reference: ReferenceStatistics,
+        temperature: float,
+        n_new: int,
+        settings: ExplorationSettings,
+        selection: SelectionSettings,
+        seed: int,
+    ):
+        _validate_run_args(temperature, n_new)
+        self.key = selection.key
+        if reference.key != self.key:
+            raise ValueError(
+                f"reference statistics are for uncertainty {reference.key!r} but selection "
+                f"monitors {self.key!r}; recompute them with the same SelectionSettings"
+            )
+        check_start(start, settings)
+        atoms = start.unlabelled().to_atoms()
+        atoms.info = {}
+        if hasattr(calc, "check_elements"):
+            calc.check_elements(atoms)  # ValueError naming unknown elements
+        if settings.ensemble == "npt" and not getattr(calc, "compute_stress", True):
+            raise ValueError("NPT exploration needs a calculator built with compute_stress=True")
+
+        self.start, self.reference, self.temperature, self.n_new = (
+            start,
+            reference,
+            temperature,
+            n_new,
+        )
+        self.settings, self.selection, self.seed = settings, selection, seed
+        self.t0 = time.perf_counter()
+        rng_velocities, self.rng_md, self.rng_accept = (
+            np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+        )
+        if (
+            settings.reuse_velocities
+            and "velocities" in start.info
+            and start.info.get("temperature") == temperature
+        ):
+            atoms.set_velocities(np.asarray(start.info["velocities"], dtype=float))
+        else:
+            from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng_velocities)
+            Stationary(atoms)
+        self.atoms = atoms
+        self.log: dict[str, list] = {k: [] for k in LOG_KEYS}
+        self.candidates: list[Frame] = []
+        self.blowup: dict[str, Any] | None = None
+        self.stopped_by = "budget"
+        self.step = 0
+        self.e0_per_atom = 0.0
+        self.last_sane: dict[str, np.ndarray] | None = None
+        self.n_force_evaluations = 0
+        self.n_forward_passes = 0
+        self.wall_seconds: float | None = None  # set when the walker stops
+        self.dyn = None  # the batched path keeps the walker's Langevin object here
+
+    @property
+    def running(self) -> bool:
+        return self.wall_seconds is None
+
+    def _stop(self, stopped_by: str) -> None:
+        self.stopped_by = stopped_by
+        self.wall_seconds = time.perf_counter() - self.t0
+
+    def begin(self, results: dict) -> None:
+        """Check the start state with the potential (the geometry was checked already)."""
+        self.e0_per_atom = float(results["energy"]) / len(self.atoms)
+        # This catches a potential that is broken already at the start.
+        reason = _sanity(self.atoms, results, self.e0_per_atom, self.settings)
+        if reason:
+            self.blowup = {"step": 0, "time_fs": 0.0, "reason": reason}
+            self._stop("blowup")
+        else:
+            self.last_sane = _snapshot(self.atoms)
+
+    def advance(self, results: dict) -> None:
+        """Account for one MD step whose new state has ``results``: check, score, stop."""
+        self.step += 1
+        step, s = self.step, self.settings
+        reason = _sanity(self.atoms, results, self.e0_per_atom, s)
+        if reason:
+            self.blowup = {"step": step, "time_fs": step * s.timestep_fs, "reason": reason}
+            logger.warning(
+                "exploration at %.0f K blew up at step %d: %s", self.temperature, step, reason
+            )
+            self._stop("blowup")
+            return
+        self.last_sane = _snapshot(self.atoms)
+        if step % s.loginterval == 0:
+            self._score(results)
+            if self.selection.mode == "probabilistic" and len(self.candidates) >= self.n_new:
+                self._stop("quota")
+                return
+        if step >= s.max_steps:
+            self._stop("budget")
+
+    def _score(self, results: dict) -> None:
+        """Score this frame from the results of this very step (no extra forward pass)."""
+        atoms, step, s = self.atoms, self.step, self.settings
+        unc = results["uncertainty"]
+        u = float(unc[self.key])
+        energy = float(results["energy"])
+        p_u, p_e, p = (
+            float(x) for x in acceptance_terms(u, energy, self.reference, self.selection)
+        )
+        accepted = bool(draw_acceptance(p, self.rng_accept))  # drawn for every frame
+        t_kin = float(atoms.get_temperature())
+        row = (
+            step,
+            step * s.timestep_fs,
+            energy,
+            energy / len(atoms),
+            u,
+            float(unc["energy"]),
+            float(unc["force_mean"]),
+            float(unc["force_max"]),
+            p_u,
+            p_e,
+            p,
+            accepted,
+            t_kin,
+        )
+        for k, v in zip(LOG_KEYS, row, strict=True):
+            self.log[k].append(v)
+        if accepted:
+            self.candidates.append(
+                Frame.from_atoms(atoms, include_results=False).model_copy(
+                    update={
+                        "info": {
+                            "source": "exploration",
+                            "step": step,
+                            "time_fs": step * s.timestep_fs,
+                            "temperature": float(self.temperature),
+                            "seed": int(self.seed),
+                            "uncertainty_key": self.key,
+                            "uncertainty": u,
+                            "uncertainties": {k: float(v) for k, v in unc.items()},
+                            "energy_mlip": energy,
+                            "p_u": p_u,
+                            "p_e": p_e,
+                            "p": p,
+                        }
+                    }
+                )
+            )
+        n_scored = len(self.log["step"])
+        if n_scored % s.progress_every == 0:
+            logger.info(
+                "exploration %.0f K: step %d/%d, %d scored, %d accepted, U=%.4g, T=%.0f K",
+                self.temperature,
+                step,
+                s.max_steps,
+                n_scored,
+                len(self.candidates),
+                u,
+                t_kin,
+            )
+
+    def document(self) -> ExplorationDocument:
+        """The outcome (call once the walker stopped)."""
+        log, candidates, n_new = self.log, self.candidates, self.n_new
+        if self.selection.mode == "period":
+            chosen = select_period(log["u"], log["accepted"], n_new)
+            by_step = {f.info["step"]: f for f in candidates}
+            frames = [by_step[log["step"][int(i)]] for i in chosen]
+        else:
+            frames = candidates[:n_new]
+
+        if self.last_sane is None:  # the start itself failed the potential checks
+            last_frame = self.start.unlabelled()
+        else:
+            last_frame = Frame(
+                numbers=self.atoms.numbers.tolist(),
+                positions=self.last_sane["positions"].tolist(),
+                cell=self.last_sane["cell"].tolist(),
+                pbc=[bool(x) for x in self.atoms.pbc],
+                info={
+                    "source": "exploration",
+                    "temperature": float(self.temperature),
+                    "step": self.step - 1 if self.blowup else self.step,
+                    "velocities": self.last_sane["velocities"].tolist(),
+                },
+            )
+        doc = ExplorationDocument(
+            temperature=self.temperature,
+            n_new=n_new,
+            seed=self.seed,
+            n_steps=self.step,
+            n_scored=len(log["step"]),
+            n_accepted=len(frames),
+            n_candidates=len(candidates),
+            stopped_by=self.stopped_by,
+            blowup=self.blowup,
+            uncertainty_key=self.key,
+            frames=frames,
+            log=log,
+            last_frame=last_frame,
+            n_force_evaluations=self.n_force_evaluations,
+            n_forward_passes=self.n_forward_passes,
+            wall_seconds=(
+                self.wall_seconds
+                if self.wall_seconds is not None
+                else time.perf_counter() - self.t0
+            ),
+        )
+        logger.info(
+            "exploration %.0f K: %s after %d steps, %d scored, %d accepted (%.1f s)",
+            self.temperature,
+            self.stopped_by,
+            self.step,
+            doc.n_scored,
+            doc.n_accepted,
+            doc.wall_seconds,
+        )
+        return doc
+
+
+def _run_single(calc, walker: _Walker) -> ExplorationDocument:
+    """Integrate one walker with ASE's own dynamics (Langevin or Berendsen NPT)."""
+    atoms = walker.atoms
+    atoms.calc = calc
+    dyn = _make_dynamics(atoms, walker.temperature, walker.settings, walker.rng_md)
+    members = max(int(getattr(calc, "size", 1)), 1)
+    passes0 = int(getattr(calc, "n_forward_passes", 0))
+    walker.begin(_current_results(atoms, calc))
+    while walker.running:
+        dyn.step()
+        dyn.nsteps += 1
+        walker.advance(_current_results(atoms, calc))
+    walker.n_forward_passes = int(getattr(calc, "n_forward_passes", 0)) - passes0
+    walker.n_force_evaluations = walker.n_forward_passes // members
+    atoms.calc = None
+    return walker.document()
 
 
 def run_exploration(
@@ -289,186 +569,164 @@ def run_exploration(
     """
     settings = settings or ExplorationSettings()
     selection = selection or SelectionSettings()
-    _validate_run_args(temperature, n_new)
-    key = selection.key
-    if reference.key != key:
-        raise ValueError(
-            f"reference statistics are for uncertainty {reference.key!r} but selection "
-            f"monitors {key!r}; recompute them with the same SelectionSettings"
+    walker = _Walker(calc, start, reference, temperature, n_new, settings, selection, seed)
+    return _run_single(calc, walker)
+
+
+# -- batched walkers -------------------------------------------------------------------------
+def _check_replicable(dyn) -> None:
+    """Refuse a Langevin object whose step the batched integrator would not reproduce."""
+    from ase.constraints import FixCom
+
+    version = getattr(type(dyn), "_lgv_version", None)
+    if version != _LANGEVIN_VERSION:
+        raise RuntimeError(
+            f"batched walkers replicate ASE's Langevin version {_LANGEVIN_VERSION}, but the "
+            f"installed ASE has version {version}; update makers/exploration.py"
         )
-    check_start(start, settings)
-    atoms = start.unlabelled().to_atoms()
-    atoms.info = {}
-    if hasattr(calc, "check_elements"):
-        calc.check_elements(atoms)  # ValueError naming unknown elements
-    if settings.ensemble == "npt" and not getattr(calc, "compute_stress", True):
-        raise ValueError("NPT exploration needs a calculator built with compute_stress=True")
+    if dyn.fix_com or any(type(c) is not FixCom for c in dyn.atoms.constraints):
+        raise RuntimeError("batched walkers support Langevin with a FixCom constraint only")
 
-    t0 = time.perf_counter()
-    rng_velocities, rng_md, rng_accept = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
-    if (
-        settings.reuse_velocities
-        and "velocities" in start.info
-        and start.info.get("temperature") == temperature
-    ):
-        atoms.set_velocities(np.asarray(start.info["velocities"], dtype=float))
-    else:
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng_velocities)
-        Stationary(atoms)
-    atoms.calc = calc
-    dyn = _make_dynamics(atoms, temperature, settings, rng_md)
-    members = max(int(getattr(calc, "size", 1)), 1)
+def _langevin_first_half(dyn, forces: np.ndarray) -> None:
+    """ASE Langevin ``step`` up to its force call: noise, half kick, drift (same order).
+
+    The random numbers are drawn from the walker's own ``dyn.rng`` exactly as ASE draws
+    them (xi, then eta), so a batched walker follows its single-walker trajectory.
+    """
+    atoms = dyn.atoms
+    natoms = len(atoms)
+    dyn.v = atoms.get_velocities()
+    xi = dyn.rng.standard_normal(size=(natoms, 3))
+    eta = dyn.rng.standard_normal(size=(natoms, 3))
+    # FixCom has no redistribute_forces_md and serial broadcasts are no-ops: nothing to do.
+    dyn.rnd_pos = dyn.c5 * eta
+    dyn.rnd_vel = dyn.c3 * xi - dyn.c4 * eta
+    dyn.v += dyn.c1 * forces / dyn.masses - dyn.c2 * dyn.v + dyn.rnd_vel
+    x = atoms.get_positions()
+    atoms.set_positions(x + dyn.dt * dyn.v + dyn.rnd_pos)  # FixCom adjusts the positions
+    dyn.v = (atoms.get_positions() - x - dyn.rnd_pos) / dyn.dt
+
+
+def _langevin_second_half(dyn, forces: np.ndarray) -> None:
+    """ASE Langevin ``step`` after its force call: second half kick, momenta (FixCom)."""
+    dyn.v += dyn.c1 * forces / dyn.masses - dyn.c2 * dyn.v + dyn.rnd_vel
+    dyn.atoms.set_momenta(dyn.v * dyn.masses)
+    dyn.nsteps += 1
+
+
+def _evaluate_walkers(calc, walkers: list[_Walker]) -> list[dict]:
+    """One batched ensemble evaluation of all ``walkers`` (M forward passes in total)."""
     passes0 = int(getattr(calc, "n_forward_passes", 0))
-
-    n_atoms = len(atoms)
-    res = _current_results(atoms, calc)
-    e0_per_atom = float(res["energy"]) / n_atoms
-    log: dict[str, list] = {k: [] for k in LOG_KEYS}
-    candidates: list[Frame] = []
-    blowup: dict[str, Any] | None = None
-    stopped_by = "budget"
-    step = 0
-    # The start geometry was checked; this catches a potential that is broken already there.
-    reason = _sanity(atoms, res, e0_per_atom, settings)
-    last_sane = None if reason else _snapshot(atoms)
-    if reason:
-        blowup = {"step": 0, "time_fs": 0.0, "reason": reason}
-        stopped_by = "blowup"
-
-    while blowup is None and step < settings.max_steps:
-        dyn.step()
-        dyn.nsteps += 1
-        step += 1
-        res = _current_results(atoms, calc)
-        reason = _sanity(atoms, res, e0_per_atom, settings)
-        if reason:
-            blowup = {"step": step, "time_fs": step * settings.timestep_fs, "reason": reason}
-            stopped_by = "blowup"
-            logger.warning(
-                "exploration at %.0f K blew up at step %d: %s", temperature, step, reason
-            )
-            break
-        last_sane = _snapshot(atoms)
-        if step % settings.loginterval:
-            continue
-
-        # -- score this frame from the results of this very step (no extra pass) --
-        unc = res["uncertainty"]
-        u = float(unc[key])
-        energy = float(res["energy"])
-        p_u, p_e, p = (float(x) for x in acceptance_terms(u, energy, reference, selection))
-        accepted = bool(draw_acceptance(p, rng_accept))  # drawn for every frame: fixed stream
-        t_kin = float(atoms.get_temperature())
-        row = (
-            step,
-            step * settings.timestep_fs,
-            energy,
-            energy / n_atoms,
-            u,
-            float(unc["energy"]),
-            float(unc["force_mean"]),
-            float(unc["force_max"]),
-            p_u,
-            p_e,
-            p,
-            accepted,
-            t_kin,
-        )
-        for k, v in zip(LOG_KEYS, row, strict=True):
-            log[k].append(v)
-        if accepted:
-            candidates.append(
-                Frame.from_atoms(atoms, include_results=False).model_copy(
-                    update={
-                        "info": {
-                            "source": "exploration",
-                            "step": step,
-                            "time_fs": step * settings.timestep_fs,
-                            "temperature": float(temperature),
-                            "seed": int(seed),
-                            "uncertainty_key": key,
-                            "uncertainty": u,
-                            "uncertainties": {k: float(v) for k, v in unc.items()},
-                            "energy_mlip": energy,
-                            "p_u": p_u,
-                            "p_e": p_e,
-                            "p": p,
-                        }
-                    }
-                )
-            )
-        n_scored = len(log["step"])
-        if n_scored % settings.progress_every == 0:
-            logger.info(
-                "exploration %.0f K: step %d/%d, %d scored, %d accepted, U=%.4g, T=%.0f K",
-                temperature,
-                step,
-                settings.max_steps,
-                n_scored,
-                len(candidates),
-                u,
-                t_kin,
-            )
-        if selection.mode == "probabilistic" and len(candidates) >= n_new:
-            stopped_by = "quota"
-            break
-
-    if selection.mode == "period":
-        chosen = select_period(log["u"], log["accepted"], n_new)
-        by_step = {f.info["step"]: f for f in candidates}
-        frames = [by_step[log["step"][int(i)]] for i in chosen]
-    else:
-        frames = candidates[:n_new]
-
-    if last_sane is None:  # the start itself failed the potential checks
-        last_frame = start.unlabelled()
-    else:
-        last_frame = Frame(
-            numbers=atoms.numbers.tolist(),
-            positions=last_sane["positions"].tolist(),
-            cell=last_sane["cell"].tolist(),
-            pbc=[bool(x) for x in atoms.pbc],
-            info={
-                "source": "exploration",
-                "temperature": float(temperature),
-                "step": step - 1 if blowup else step,
-                "velocities": last_sane["velocities"].tolist(),
-            },
-        )
+    results = calc.evaluate([w.atoms for w in walkers])
     passes = int(getattr(calc, "n_forward_passes", 0)) - passes0
-    doc = ExplorationDocument(
-        temperature=temperature,
-        n_new=n_new,
-        seed=seed,
-        n_steps=step,
-        n_scored=len(log["step"]),
-        n_accepted=len(frames),
-        n_candidates=len(candidates),
-        stopped_by=stopped_by,
-        blowup=blowup,
-        uncertainty_key=key,
-        frames=frames,
-        log=log,
-        last_frame=last_frame,
-        n_force_evaluations=passes // members,
-        n_forward_passes=passes,
-        wall_seconds=time.perf_counter() - t0,
-    )
-    atoms.calc = None
-    logger.info(
-        "exploration %.0f K: %s after %d steps, %d scored, %d accepted (%.1f s)",
-        temperature,
-        stopped_by,
-        step,
-        doc.n_scored,
-        doc.n_accepted,
-        doc.wall_seconds,
-    )
-    return doc
+    for w in walkers:  # each walker records the (shared) cost of the batches it was in
+        w.n_force_evaluations += 1
+        w.n_forward_passes += passes
+    return results
+
+
+def run_exploration_walkers(
+    calc,
+    starts: Sequence[Frame],
+    reference: ReferenceStatistics,
+    temperatures: Sequence[float],
+    n_new: int | Sequence[int],
+    settings: ExplorationSettings | None = None,
+    selection: SelectionSettings | None = None,
+    seeds: Sequence[int] | None = None,
+) -> list[ExplorationDocument]:
+    """Run several explorations in lock-step, evaluating all running walkers as one batch.
+
+    Walker ``i`` starts from ``starts[i]`` at ``temperatures[i]`` with ``seeds[i]``; it
+    follows exactly the trajectory :func:`run_exploration` gives with the same arguments
+    (the Langevin step of ASE is replicated with the walker's own random streams; only the
+    floating-point rounding of a batched forward pass can differ, ~1e-15 relative), but
+    each MD step costs M forward passes for all walkers together instead of M per walker.
+    A walker that blew up, met its quota or used its step budget leaves the batch; the
+    others go on.
+
+    Parameters
+    ----------
+    calc
+        An :class:`~makers.ensemble.EnsembleCalculator` (needs ``evaluate(atoms_list)``).
+    starts
+        One start configuration per walker (any sizes and cells; see :func:`run_exploration`
+        for the reuse of ``info['velocities']``).
+    reference
+        Test-set statistics of the same uncertainty key as ``selection.key``.
+    temperatures
+        Target temperature (K) per walker, each > 0.
+    n_new
+        Quota of accepted frames, one for all walkers or one per walker.
+    settings, selection
+        MD and acceptance settings, shared by the walkers (defaults when ``None``).
+        With ``settings.ensemble == "npt"`` the walkers run one after the other through
+        :func:`run_exploration` (Berendsen NPT is not batched); the results are the same.
+    seeds
+        One seed per walker (three streams each, as in :func:`run_exploration`).
+
+    Returns
+    -------
+    list of ExplorationDocument
+        One per walker, in input order. ``n_force_evaluations`` / ``n_forward_passes`` of a
+        walker count the batched evaluations it took part in (their cost is shared).
+
+    Raises
+    ------
+    ValueError
+        Empty or mismatched lists, or any walker's input that :func:`run_exploration` would
+        reject -- all before any MD.
+    """
+    settings = settings or ExplorationSettings()
+    selection = selection or SelectionSettings()
+    starts, temperatures = list(starts), [float(t) for t in temperatures]
+    if seeds is None:
+        raise ValueError("seeds must be given, one per walker")
+    seeds = [int(s) for s in seeds]
+    if isinstance(n_new, (int, np.integer)):
+        quotas = [int(n_new)] * len(starts)
+    else:
+        quotas = [int(n) for n in n_new]
+    if not starts:
+        raise ValueError("run_exploration_walkers needs at least one start structure")
+    lengths = {
+        "starts": len(starts),
+        "temperatures": len(temperatures),
+        "n_new": len(quotas),
+        "seeds": len(seeds),
+    }
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"one value per walker is needed, got lengths {lengths}")
+    # Every walker is validated (and its velocities drawn) before any MD starts.
+    walkers = [
+        _Walker(calc, start, reference, t, n, settings, selection, seed)
+        for start, t, n, seed in zip(starts, temperatures, quotas, seeds, strict=True)
+    ]
+    if settings.ensemble == "npt":
+        logger.info("npt exploration is not batched: running %d walkers in turn", len(walkers))
+        return [_run_single(calc, w) for w in walkers]
+    if not hasattr(calc, "evaluate"):
+        raise TypeError("batched walkers need a calculator with evaluate(atoms_list)")
+
+    for w in walkers:
+        w.dyn = _make_dynamics(w.atoms, w.temperature, settings, w.rng_md)
+        _check_replicable(w.dyn)
+    forces: dict[int, np.ndarray] = {}
+    for i, res in enumerate(_evaluate_walkers(calc, walkers)):
+        walkers[i].begin(res)
+        forces[i] = res["forces"]
+    running = [i for i, w in enumerate(walkers) if w.running]
+    while running:
+        for i in running:
+            _langevin_first_half(walkers[i].dyn, forces[i])
+        results = _evaluate_walkers(calc, [walkers[i] for i in running])
+        for i, res in zip(running, results, strict=True):
+            _langevin_second_half(walkers[i].dyn, res["forces"])
+            forces[i] = res["forces"]
+            walkers[i].advance(res)
+        running = [i for i in running if walkers[i].running]
+    return [w.document() for w in walkers]
 
 
 def exploration_cache_key(
@@ -504,9 +762,48 @@ def exploration_cache_key(
     )
 
 
+def exploration_batch_cache_key(
+    ensemble: EnsembleDocument,
+    starts: Sequence[Frame],
+    reference: ReferenceStatistics,
+    temperatures: Sequence[float],
+    n_new: int,
+    settings: ExplorationSettings,
+    selection: SelectionSettings,
+    seeds: Sequence[int],
+) -> str:
+    """Content key of a batch of walkers: the ordered keys of its walkers."""
+    walkers = [
+        exploration_cache_key(ensemble, start, reference, t, n_new, settings, selection, seed)
+        for start, t, seed in zip(starts, temperatures, seeds, strict=True)
+    ]
+    return content_hash({"kind": "exploration_batch", "walkers": walkers})
+
+
+def _check_job_input(
+    ensemble: EnsembleDocument,
+    start: Frame,
+    temperature: float,
+    n_new: int,
+    settings: ExplorationSettings,
+) -> None:
+    """The checks a job makes before loading the ensemble (ValueError naming the problem)."""
+    _validate_run_args(temperature, n_new)
+    unknown = sorted(set(start.to_atoms().get_chemical_symbols()) - set(ensemble.elements))
+    if unknown:
+        raise ValueError(
+            f"start structure contains elements {unknown} that the ensemble was not "
+            f"trained on (it knows {ensemble.elements})"
+        )
+    check_start(start, settings)
+
+
 @dataclass
 class ExplorationMaker(Maker):
-    """One exploration run as a job (cached by content, so a resumed workflow reuses it).
+    """Exploration runs as jobs (cached by content, so a resumed workflow reuses them).
+
+    :meth:`make` runs one walker; :meth:`make_walkers` runs several (e.g. one per
+    temperature) in lock-step, each MD step evaluating all of them as one batch.
 
     Parameters
     ----------
@@ -539,14 +836,7 @@ class ExplorationMaker(Maker):
         from active_mlip.stores import ResultCache
         from makers.ensemble import EnsembleCalculator
 
-        _validate_run_args(temperature, n_new)
-        unknown = sorted(set(start.to_atoms().get_chemical_symbols()) - set(ensemble.elements))
-        if unknown:
-            raise ValueError(
-                f"start structure contains elements {unknown} that the ensemble was not "
-                f"trained on (it knows {ensemble.elements})"
-            )
-        check_start(start, self.settings)
+        _check_job_input(ensemble, start, temperature, n_new, self.settings)
         key = exploration_cache_key(
             ensemble, start, reference, temperature, n_new, self.settings, self.selection, seed
         )
@@ -563,4 +853,76 @@ class ExplorationMaker(Maker):
         )
         doc.cache_key = key
         cache.put(key, "exploration", doc.model_dump())
+        return doc
+
+    @job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
+    def make_walkers(
+        self,
+        ensemble: EnsembleDocument,
+        starts: list[Frame],
+        reference: ReferenceStatistics,
+        temperatures: list[float],
+        n_new: int,
+        seeds: list[int],
+    ) -> ExplorationBatchDocument:
+        """Explore from ``starts[i]`` at ``temperatures[i]`` with ``seeds[i]``, batched.
+
+        Each walker gives the :class:`ExplorationDocument` that :meth:`make` would give for
+        it; they share one batched ensemble evaluation per MD step (see
+        :func:`run_exploration_walkers`).
+        """
+        from active_mlip.stores import ResultCache
+        from makers.ensemble import EnsembleCalculator
+
+        lengths = {"starts": len(starts), "temperatures": len(temperatures), "seeds": len(seeds)}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"one value per walker is needed, got lengths {lengths}")
+        if not starts:
+            raise ValueError("make_walkers needs at least one start structure")
+        for start, temperature in zip(starts, temperatures, strict=True):
+            _check_job_input(ensemble, start, temperature, n_new, self.settings)
+        key = exploration_batch_cache_key(
+            ensemble,
+            starts,
+            reference,
+            temperatures,
+            n_new,
+            self.settings,
+            self.selection,
+            seeds,
+        )
+        cache = ResultCache.from_current_job()
+        hit = cache.get(key)
+        if hit is not None:
+            logger.info("exploration batch %s… reused from the cache", key[:12])
+            doc = ExplorationBatchDocument.model_validate({**hit, "reused": True})
+            for walker in doc.explorations:
+                walker.reused = True
+            return doc
+        calc = EnsembleCalculator.from_document(
+            ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
+        )
+        t0, passes0 = time.perf_counter(), calc.n_forward_passes
+        docs = run_exploration_walkers(
+            calc,
+            starts,
+            reference,
+            temperatures,
+            n_new,
+            self.settings,
+            self.selection,
+            seeds,
+        )
+        passes = calc.n_forward_passes - passes0
+        for walker in docs:
+            walker.cache_key = key
+        doc = ExplorationBatchDocument(
+            explorations=docs,
+            batched=self.settings.ensemble == "nvt",
+            n_force_evaluations=passes // calc.size,
+            n_forward_passes=passes,
+            wall_seconds=time.perf_counter() - t0,
+            cache_key=key,
+        )
+        cache.put(key, "exploration_batch", doc.model_dump())
         return doc

@@ -111,9 +111,13 @@ class ActiveLearningSettings(Document):
         for section, values in overrides.items():
             if section not in data:
                 raise ValueError(f"unknown settings section {section!r}")
-            if isinstance(values, dict) and isinstance(data[section], dict):
+            same_kind = not isinstance(values, dict) or values.get("kind") in (
+                None,
+                (data[section] or {}).get("kind") if isinstance(data[section], dict) else None,
+            )
+            if isinstance(values, dict) and isinstance(data[section], dict) and same_kind:
                 data[section] = {**data[section], **values}
-            else:
+            else:  # another labeller kind: its fields replace the preset's
                 data[section] = values
         return cls.model_validate(data)
 

@@ -77,8 +77,9 @@ def test_trajectory_seeded_loop_with_emt(cu_inputs, tmp_path):
     probe = new[0]
     ref = probe.copy()
     ref.calc = EMT()
-    assert probe.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
-    np.testing.assert_allclose(probe.get_forces(), ref.get_forces(), atol=1e-9)
+    # extxyz keeps 8 decimals of the positions: agreement to ~1e-8 eV is exact here.
+    assert probe.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(probe.get_forces(), ref.get_forces(), atol=1e-6)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["n_test"] == 8
 
 
