@@ -417,22 +417,39 @@ def _iteration_flow(
     n_t = len(loop.temperatures)
     per_t = math.ceil(loop.n_new / n_t)
     jobs: list[Job | Flow] = [links]
-    explorations = []
     explorer = ExplorationMaker(settings=settings.exploration, selection=settings.selection)
-    for k, t in enumerate(loop.temperatures):
-        explore = explorer.make(
+    seeds = [_seed(loop.seed, i, k) for k in range(n_t)]
+    if loop.batch_walkers and n_t > 1:
+        # All temperatures in one job: one batched ensemble evaluation per MD step.
+        batch = explorer.make_walkers(
             ensemble_ref,
-            state_ref.starts[_tkey(t)],
+            [state_ref.starts[_tkey(t)] for t in loop.temperatures],
             reference_ref,
-            temperature=t,
+            temperatures=list(loop.temperatures),
             n_new=per_t,
-            seed=_seed(loop.seed, i, k),
+            seeds=seeds,
         )
-        explore.name = f"{state.material} it{i} explore {t:g}K"
-        tag(explore, "exploration")
-        explorations.append(explore)
+        temps = ",".join(f"{t:g}K" for t in loop.temperatures)
+        batch.name = f"{state.material} it{i} explore {temps}"
+        explorations = [batch]
+        outputs: Any = batch.output.explorations
+    else:
+        explorations = []
+        for k, t in enumerate(loop.temperatures):
+            explore = explorer.make(
+                ensemble_ref,
+                state_ref.starts[_tkey(t)],
+                reference_ref,
+                temperature=t,
+                n_new=per_t,
+                seed=seeds[k],
+            )
+            explore.name = f"{state.material} it{i} explore {t:g}K"
+            explorations.append(explore)
+        outputs = [e.output for e in explorations]
+    for e in explorations:
+        tag(e, "exploration")
     jobs.extend(explorations)
-    outputs = [e.output for e in explorations]
     budget = None if loop.max_labels is None else loop.max_labels - current_state.labels_used
     collect = collect_candidates(outputs, loop.n_new, i, budget)
     collect.name = f"{state.material} it{i} collect"

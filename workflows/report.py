@@ -90,9 +90,13 @@ def write_report(
             except Exception as exc:  # a missing doc must not stop the report
                 logger.warning("exploration %s not found: %s", uuid, exc)
                 continue
-            log = doc.log if hasattr(doc, "log") else doc.get("log", {})
-            temp = doc.temperature if hasattr(doc, "temperature") else doc.get("temperature")
-            logs.append((h, temp, log))
+            batch = doc.explorations if hasattr(doc, "explorations") else None
+            if batch is None and isinstance(doc, dict):
+                batch = doc.get("explorations")
+            for d in batch if batch is not None else [doc]:
+                log = d.log if hasattr(d, "log") else d.get("log", {})
+                temp = d.temperature if hasattr(d, "temperature") else d.get("temperature")
+                logs.append((h, temp, log))
     if logs:
         fig, ax = plt.subplots(figsize=(8, 3.5))
         for k, (h, temp, log) in enumerate(logs):

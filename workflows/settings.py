@@ -62,6 +62,11 @@ class LoopSettings(Document):
         "the labeller (in-process labellers only).",
     )
     seed: int = Field(0, description="Seeds every random choice of the run.")
+    batch_walkers: bool = Field(
+        True,
+        description="Explore all temperatures in one job, evaluating the walkers as one "
+        "batch per MD step (False: one job per temperature, e.g. one GPU each).",
+    )
 
     @field_validator("temperatures")
     @classmethod

@@ -263,3 +263,20 @@ def test_stopping_rules():
     # Iteration cap.
     capped = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 2})
     assert stopping_reason(_state([50.0, 40.0], acceptance=0.5), capped)[1].startswith("max_iter")
+
+
+def test_several_temperatures_explore_as_one_batched_job(tmp_path):
+    settings = ActiveLearningSettings.from_preset("tiny", loop={"temperatures": [300.0, 600.0]})
+    summary = run_local("CuI", tmp_path / "two", settings)
+    from active_mlip.stores import StoreSettings, make_job_store
+
+    store = make_job_store(StoreSettings(local_path=tmp_path / "two" / "store"))
+    store.connect()
+    names = [d["name"] for d in store.query({"name": {"$regex": "explore"}}, properties=["name"])]
+    assert names == ["CuI it0 explore 300K,600K"]
+    (doc,) = [store.get_output(d["uuid"], load=True) for d in store.query({"name": names[0]})]
+    temps = [e["temperature"] for e in doc["explorations"]]
+    assert temps == [300.0, 600.0] and doc["batched"] is True
+    # Each walker scored frames; together they fill the iteration's quota of selections.
+    assert all(e["n_scored"] > 0 for e in doc["explorations"])
+    assert summary["iterations"][0]["n_scored"] == sum(e["n_scored"] for e in doc["explorations"])
