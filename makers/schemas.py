@@ -56,7 +56,9 @@ class MemberDocument(Document):
     index: int = Field(description="Member index m = subset * n_seed + seed_index.")
     subset: int
     seed: int
-    model_file: Blob
+    model_file: Blob | None = Field(
+        None, description="The trained model; None only for a failed member."
+    )
     n_train: int
     n_valid: int
     train_hashes: list[str] = Field(default_factory=list, description="Structure hashes.")
@@ -68,6 +70,11 @@ class MemberDocument(Document):
     cache_key: str = ""
     reused: bool = False
     wall_seconds: float = 0.0
+    retried_with_seed: int | None = Field(
+        None, description="Seed of the retry after the first training attempt failed."
+    )
+    failed: bool = Field(False, description="Training failed twice (e.g. diverged).")
+    failure: str | None = Field(None, description="Why, when ``failed``.")
 
 
 class EnsembleDocument(Document):
@@ -82,6 +89,11 @@ class EnsembleDocument(Document):
     settings: dict[str, Any] = Field(default_factory=dict)
     reference_frame: Frame | None = Field(
         None, description="Ground-state supercell; each member's energy is referenced to it."
+    )
+    dropped_members: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Members whose training failed and that the ensemble goes on without: "
+        "{index, reason} each.",
     )
 
     @property

@@ -585,6 +585,43 @@ def run_mace_training(
     return model_path, _read_metrics(workdir)
 
 
+def retry_seed(seed: int) -> int:
+    """The seed a member is retrained with after its first attempt failed."""
+    return int(content_hash(["member-retry-seed", int(seed)])[:8], 16) % (2**31)
+
+
+def training_failure(
+    model_path: Path,
+    metrics: dict[str, float],
+    frames: list[Frame],
+    settings: TrainingSettings,
+    device: str = "cpu",
+) -> str | None:
+    """Why a finished training run is unusable, or None when it is fine.
+
+    MACE does not stop on a diverging loss: it finishes with NaN validation errors and
+    a model that predicts NaN. Both are checked (the prediction on one frame costs
+    little next to training).
+    """
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        return f"training diverged: non-finite {', '.join(bad)}"
+    if not frames:
+        return None
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(
+        model_paths=str(model_path), device=device, default_dtype=settings.default_dtype
+    )
+    atoms = frames[0].to_atoms()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    forces = atoms.get_forces()
+    if not (math.isfinite(energy) and np.isfinite(forces).all()):
+        return "the trained model predicts non-finite energies or forces"
+    return None
+
+
 # ------------------------------------------------------------------------------------
 # jobs
 # ------------------------------------------------------------------------------------
@@ -600,9 +637,13 @@ def _parent_member(
         return None, "warm start disabled"
     if previous is None:
         return None, "no previous ensemble"
-    if index >= len(previous.members):
+    by_index = {m.index: m for m in previous.members}
+    if index not in by_index:
+        dropped = {d.get("index") for d in previous.dropped_members}
+        if index in dropped:
+            return None, f"previous member {index} failed and was dropped"
         return None, f"previous ensemble has only {len(previous.members)} members"
-    member = previous.members[index]
+    member = by_index[index]
     if member.subset != subset:
         return None, f"previous member {index} trained on subset {member.subset}, not {subset}"
     if elements is not None and list(previous.elements) != list(elements):
@@ -637,6 +678,13 @@ def train_member(
         Which member.
     previous
         The previous iteration's ensemble (warm start source), or None.
+
+    Returns
+    -------
+    MemberDocument
+        When training fails (MACE crashes, or its loss or predictions are non-finite)
+        it is retried once with :func:`retry_seed`; if that fails too the document is
+        marked ``failed`` with the reasons, has no model, and is not cached.
     """
     t0 = time.perf_counter()
     _check_e0s(e0s)
@@ -674,9 +722,47 @@ def train_member(
     if parent is not None:
         parent_path = parent.model_file.write(workdir / "parent.model")
     device = settings.resolved_device()
-    model_path, metrics = run_mace_training(
-        train, valid, e0s, settings, seed, workdir / "run", parent_path, device
-    )
+    # A member that diverges (NaN loss) or crashes is retried once with a derived seed;
+    # if that fails too, the member is returned marked failed (never cached) so the
+    # ensemble can go on without it.
+    seeds = [seed, retry_seed(seed)]
+    reasons: list[str] = []
+    for attempt, attempt_seed in enumerate(seeds):
+        run_dir = workdir / ("run" if attempt == 0 else f"retry{attempt}")
+        try:
+            model_path, metrics = run_mace_training(
+                train, valid, e0s, settings, attempt_seed, run_dir, parent_path, device
+            )
+            reason = training_failure(model_path, metrics, valid or train, settings, device)
+        except RuntimeError as exc:  # MACE crashed; configuration errors still raise
+            reason = str(exc)[-800:]
+        if reason is None:
+            break
+        reasons.append(f"seed {attempt_seed}: {reason}")
+        logger.warning(
+            "member %d (subset %d) training failed with seed %d: %s",
+            index,
+            subset,
+            attempt_seed,
+            reason,
+        )
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+        return MemberDocument(
+            index=index,
+            subset=subset,
+            seed=seed,
+            model_file=None,
+            n_train=len(train),
+            n_valid=len(valid),
+            train_hashes=[f.structure_hash() for f in train],
+            warm_started=parent is not None,
+            cache_key=key,
+            retried_with_seed=seeds[1],
+            failed=True,
+            failure="; ".join(reasons),
+            wall_seconds=time.perf_counter() - t0,
+        )
     doc = MemberDocument(
         index=index,
         subset=subset,
@@ -690,6 +776,7 @@ def train_member(
         cache_key=key,
         reused=False,
         wall_seconds=time.perf_counter() - t0,
+        retried_with_seed=seeds[1] if reasons else None,
     )
     cache.put(key, "mace-member", doc.model_dump(exclude={"reused", "wall_seconds"}))
     shutil.rmtree(workdir, ignore_errors=True)
@@ -718,11 +805,36 @@ def gather_ensemble(
     settings: TrainingSettings,
     reference_frame: Frame | None = None,
 ) -> EnsembleDocument:
-    """Collect the trained members into an :class:`EnsembleDocument`."""
+    """Collect the trained members into an :class:`EnsembleDocument`.
+
+    Members whose training failed (twice) are dropped and recorded in
+    ``dropped_members``; the ensemble goes on if at least 2 members remain.
+
+    Raises
+    ------
+    ValueError
+        If members are missing, or fewer than 2 trained successfully.
+    """
     members = sorted(members, key=lambda m: m.index)
     if [m.index for m in members] != list(range(settings.n_members)):
         raise ValueError(
             f"expected members 0..{settings.n_members - 1}, got {[m.index for m in members]}"
+        )
+    dropped = [{"index": m.index, "reason": m.failure or "unknown"} for m in members if m.failed]
+    members = [m for m in members if not m.failed]
+    if len(members) < 2:
+        raise ValueError(
+            f"only {len(members)} of {settings.n_members} ensemble members trained; at least 2 "
+            "are needed for an uncertainty. Failures: "
+            + "; ".join(f"member {d['index']}: {d['reason']}" for d in dropped)
+        )
+    for d in dropped:
+        logger.warning(
+            "ensemble goes on with %d of %d members: member %d dropped (%s)",
+            len(members),
+            settings.n_members,
+            d["index"],
+            d["reason"],
         )
     elements = sorted(e0s, key=lambda s: _ATOMIC_NUMBERS[s])
     return EnsembleDocument(
@@ -734,6 +846,7 @@ def gather_ensemble(
         r_max=settings.r_max,
         settings=settings.model_dump(),
         reference_frame=reference_frame,
+        dropped_members=dropped,
     )
 
 

@@ -9,6 +9,7 @@ One material, one or more temperatures::
     train ensemble ─► evaluate on test set ─► decide ──(converged)──► result
                                                  │
                                                  └─► explore (per T) ─► collect ─► label
+                                                       ─► top up (replace failed single points)
                                                        ─► merge ─► train ─► evaluate ─► decide …
 
 ``decide`` is the loop controller: it records the iteration and either stops (with a
@@ -17,6 +18,11 @@ lives in the job store and every job can be inspected or rerun. Big objects trav
 reference (job uuids), never inline in a job document. Every expensive step (labels,
 members, explorations) is cached by content, so running the same flow again after an
 interruption resumes where it stopped and never labels a frame twice.
+
+Faults: failed single points are replaced by the next-best candidates (``top_up``); a
+labeller that fails every frame of an iteration stops the loop with that verdict; a
+diverging ensemble member is retried and, failing that, dropped (see
+:func:`makers.training.train_member`).
 """
 
 from __future__ import annotations
@@ -28,18 +34,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from jobflow import CURRENT_JOB, Flow, Job, Maker, OutputReference, Response, job
+from jobflow import CURRENT_JOB, Flow, Job, JobConfig, Maker, OutputReference, Response, job
 from pydantic import Field
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.documents import Document
 from active_mlip.frames import Frame
+from active_mlip.stores import ResultCache
 from makers.evaluation import EvaluationDocument, TestEvaluationMaker
 from makers.exploration import ExplorationDocument, ExplorationMaker
-from makers.labelling import LabelMaker, validate_frames
+from makers.labelling import LabelMaker, label_in_process, labeller_from_dict, validate_frames
 from makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker, import_trajectory
-from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
+from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelFailure, LabelledBatch
 from makers.training import EnsembleTrainingMaker, TrainingSettings, assign_subsets
 from workflows.routing import route, tag
 from workflows.settings import ActiveLearningSettings
@@ -53,6 +60,26 @@ class FrameSet(Document):
     frames: list[Frame] = Field(default_factory=list)
 
 
+class Candidates(FrameSet):
+    """Frames to label this iteration, and the next-best ones that may replace failures."""
+
+    reserve: list[Frame] = Field(
+        default_factory=list,
+        description="Accepted frames beyond the quota, highest uncertainty first.",
+    )
+
+
+class ToppedUpBatch(LabelledBatch):
+    """A labelled batch plus the replacements labelled for its failed frames."""
+
+    n_requested_here: int = Field(0, description="Labels the top-up job itself requested.")
+    n_reused_here: int = Field(0, description="Of those, labels taken from the cache.")
+
+
+#: Output keys of :func:`collect_candidates` routed to the data store.
+CANDIDATE_FIELDS = [*DATA_FIELDS, "reserve"]
+
+
 class IterationRecord(Document):
     """What one iteration did and how good its ensemble was."""
 
@@ -63,6 +90,9 @@ class IterationRecord(Document):
     n_selected: int = 0
     n_labelled: int = 0
     n_label_failures: int = 0
+    label_failure_reasons: list[str] = Field(
+        default_factory=list, description="The first few reasons single points failed."
+    )
     acceptance_fraction: float | None = None
     test_mae_energy_meV_per_atom: float
     test_mae_forces_meV_per_A: float
@@ -179,11 +209,15 @@ def initial_split(
     )
 
 
-@job(data=DATA_FIELDS)
+@job(data=CANDIDATE_FIELDS)
 def collect_candidates(
     explorations: list[ExplorationDocument], n_new: int, iteration: int, budget: int | None
-) -> FrameSet:
-    """Pool the accepted frames of all temperatures: unique, highest uncertainty first."""
+) -> Candidates:
+    """Pool the accepted frames of all temperatures: unique, highest uncertainty first.
+
+    The best ``min(n_new, budget)`` are to be labelled; the rest (as far as the label
+    budget reaches) are kept as a reserve that replaces frames whose labelling fails.
+    """
     seen: set[str] = set()
     pool: list[Frame] = []
     for doc in explorations:
@@ -194,7 +228,79 @@ def collect_candidates(
                 pool.append(f.with_info(iteration=iteration + 1, source="mlip-md"))
     pool.sort(key=lambda f: -float(f.info.get("uncertainty", 0.0)))
     limit = n_new if budget is None else max(0, min(n_new, budget))
-    return FrameSet(frames=pool[:limit])
+    end = len(pool) if budget is None else max(limit, budget)
+    return Candidates(frames=pool[:limit], reserve=pool[limit:end])
+
+
+def combine_batches(batches: list[LabelledBatch]) -> LabelledBatch:
+    """One batch from several, as if their frames had been requested together."""
+    frames: list[Frame] = []
+    failures: list[LabelFailure] = []
+    offset = 0
+    for b in batches:
+        frames.extend(b.frames)
+        failures.extend(f.model_copy(update={"index": f.index + offset}) for f in b.failures)
+        offset += b.n_requested
+    return LabelledBatch(
+        labeller=batches[0].labeller,
+        frames=frames,
+        failures=failures,
+        n_requested=offset,
+        n_labelled=sum(b.n_labelled for b in batches),
+        n_failed=sum(b.n_failed for b in batches),
+        n_reused=sum(b.n_reused for b in batches),
+        wall_seconds=sum(b.wall_seconds for b in batches),
+    )
+
+
+@job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
+def top_up(
+    batches: list[LabelledBatch],
+    reserve: list[Frame],
+    n_wanted: int,
+    labeller: Any,
+    n_requested_here: int = 0,
+    n_reused_here: int = 0,
+) -> ToppedUpBatch | Response:
+    """Replace failed single points by the next-best candidates until ``n_wanted`` are labelled.
+
+    Reserve frames are labelled in order (highest uncertainty first), exactly as many
+    as are missing at a time, until the quota is met or the reserve is empty. Labels
+    come from the cache when a frame was labelled before. In-process labellers label
+    here; DFT labellers get a :class:`LabelMaker` job for the replacements and a new
+    ``top_up`` after it. When every frame of the batch failed, nothing is topped up:
+    the labeller, not the frames, is at fault, and the loop controller stops.
+    """
+    labeller = labeller_from_dict(labeller)
+    combined = combine_batches(batches)
+    reserve = list(reserve)
+    cache = ResultCache.from_current_job()
+    while True:
+        missing = n_wanted - combined.n_labelled
+        if missing <= 0 or not reserve or combined.n_labelled == 0:
+            break
+        chunk, reserve = reserve[:missing], reserve[missing:]
+        logger.info(
+            "%d of %d single points failed; labelling %d replacement(s) from the reserve",
+            combined.n_failed,
+            combined.n_requested,
+            len(chunk),
+        )
+        if not labeller.in_process:
+            label = LabelMaker(labeller=labeller).make(chunk)
+            label.name = "label replacements"
+            nxt = top_up([combined, label.output], reserve, n_wanted, labeller)
+            nxt.name = "top up labels"
+            return Response(replace=Flow([label, nxt], output=nxt.output, name="top up"))
+        extra = label_in_process(chunk, labeller, cache)
+        n_requested_here += extra.n_requested
+        n_reused_here += extra.n_reused
+        combined = combine_batches([combined, extra])
+    return ToppedUpBatch(
+        **dict(combined),
+        n_requested_here=n_requested_here,
+        n_reused_here=n_reused_here,
+    )
 
 
 @job(data=DATA_FIELDS)
@@ -234,6 +340,7 @@ def merge(
         "n_selected": labelled.n_requested,
         "n_labelled": labelled.n_labelled,
         "n_label_failures": labelled.n_failed,
+        "label_failure_reasons": [f.reason for f in labelled.failures[:3]],
         "acceptance_fraction": n_accepted / n_scored if n_scored else 0.0,
         "calibration": calibration,
     }
@@ -322,6 +429,7 @@ def decide(
                 "n_selected": pending["n_selected"],
                 "n_labelled": pending["n_labelled"],
                 "n_label_failures": pending["n_label_failures"],
+                "label_failure_reasons": pending.get("label_failure_reasons", []),
                 "acceptance_fraction": pending["acceptance_fraction"],
                 "exploration_uuids": exploration_uuids,
                 "label_uuid": label_uuid,
@@ -380,6 +488,14 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
                 f"{w} iterations and {state.last_acceptance_fraction:.1%} of scored frames were "
                 f"accepted (< {loop.acceptance_threshold:.0%})"
             )
+    last = history[-2] if len(history) > 1 else None
+    if last is not None and last.n_label_failures > 0 and last.n_labelled == 0:
+        # Every single point failed: another iteration would explore and fail again.
+        reasons = "; ".join(last.label_failure_reasons) or "no reason recorded"
+        return False, (
+            f"labeller failed on every frame: 0 of {last.n_selected} single points of "
+            f"iteration {last.iteration} were labelled ({reasons})"
+        )
     if len(history) > 1 and history[-2].n_selected == 0:
         return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
     if state.iteration + 1 >= loop.max_iterations:
@@ -457,9 +573,13 @@ def _iteration_flow(
     label = LabelMaker(labeller=settings.labeller).make(collect.output.frames)
     label.name = f"{state.material} it{i} label"
     tag(label, "labelling")
+    quota = loop.n_new if budget is None else max(0, min(loop.n_new, budget))
+    topped = top_up([label.output], collect.output.reserve, quota, settings.labeller)
+    topped.name = f"{state.material} it{i} top up labels"
+    tag(topped, "labelling")
     new_state = merge(
         state_ref,
-        label.output,
+        topped.output,
         outputs,
         ensemble_ref,
         settings.training,
@@ -468,7 +588,7 @@ def _iteration_flow(
     )
     new_state.name = f"{state.material} it{i + 1} merge"
     tag(new_state, "glue")
-    jobs += [collect, label, new_state]
+    jobs += [collect, label, topped, new_state]
     jobs += _train_evaluate_decide(
         material=state.material,
         iteration=i + 1,

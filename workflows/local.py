@@ -19,7 +19,7 @@ from typing import Any
 from active_mlip.frames import Frame, write_extxyz
 from active_mlip.stores import StoreSettings, make_job_store
 from makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
-from workflows.active_learning import ActiveLearningMaker, LoopResult
+from workflows.active_learning import ActiveLearningMaker, LoopResult, ToppedUpBatch
 from workflows.materials import get_structure
 from workflows.settings import ActiveLearningSettings
 
@@ -152,7 +152,11 @@ def _count_work(responses: dict[str, dict[int, Any]]) -> dict[str, int]:
     for by_index in responses.values():
         for response in by_index.values():
             out = getattr(response, "output", None)
-            if isinstance(out, LabelledBatch):
+            if isinstance(out, ToppedUpBatch):
+                # It repeats the labels of the batches it tops up; count its own only.
+                counts["labels_reused"] += out.n_reused_here
+                counts["labels_computed"] += out.n_requested_here - out.n_reused_here
+            elif isinstance(out, LabelledBatch):
                 counts["labels_reused"] += out.n_reused
                 counts["labels_computed"] += out.n_requested - out.n_reused
             elif isinstance(out, MemberDocument):
@@ -196,6 +200,7 @@ def export_run(
                     }
                     for m in ensemble.members
                 ],
+                "dropped_members": ensemble.dropped_members,
                 "e0s": ensemble.e0s,
                 "r_max": ensemble.r_max,
                 "elements": ensemble.elements,
@@ -218,6 +223,7 @@ def export_run(
                 "n_selected": h.n_selected,
                 "n_labelled": h.n_labelled,
                 "n_label_failures": h.n_label_failures,
+                "label_failure_reasons": h.label_failure_reasons,
                 "n_scored": h.n_scored,
                 "acceptance_fraction": h.acceptance_fraction,
                 "test_mae_energy_meV_per_atom": h.test_mae_energy_meV_per_atom,

@@ -304,3 +304,85 @@ def test_mace_arguments(tmp_path):
     assert wopts["--multiheads_finetuning"] == "False"
     assert wopts["--max_num_epochs"] == "3" and wopts["--lr"] == "0.001"
     assert wopts["--batch_size"] == "4"
+
+
+# --------------------------------------------------------------------------------------
+# faults: a diverging member
+# --------------------------------------------------------------------------------------
+def _member(frames, settings, store, tmp_path, subset=0, seed_index=0) -> MemberDocument:
+    from makers.training import train_member
+
+    job = train_member(frames, E0S, settings, subset, seed_index)
+    responses = run_locally(job, store=store, ensure_success=True, log=False, root_dir=tmp_path)
+    return responses[job.uuid][1].output
+
+
+def test_diverging_member_is_retried_then_marked_failed(tmp_path):
+    from active_mlip.stores import ResultCache
+    from makers.training import retry_seed
+
+    store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
+    # A learning rate of 1e6 makes MACE's loss NaN within the first epoch (MACE goes on).
+    settings = TrainingSettings.preset(
+        "tiny", n_sub=1, n_seed=2, device="cpu", lr=1e6, max_num_epochs=2
+    )
+    doc = _member(emt_frames(6), settings, store, tmp_path)
+    seed = settings.member_seed(0, 0)
+    assert doc.failed and doc.model_file is None
+    assert doc.retried_with_seed == retry_seed(seed) != seed
+    assert doc.failure.count("training diverged: non-finite") == 2
+    assert f"seed {seed}:" in doc.failure and f"seed {retry_seed(seed)}:" in doc.failure
+    cache = ResultCache(store.additional_stores["cache"])
+    assert cache.get(doc.cache_key) is None  # failures are never cached
+
+
+def test_member_recovers_with_the_retry_seed(trained, tmp_path, monkeypatch):
+    import makers.training as training
+    from active_mlip.stores import ResultCache
+
+    good = trained["doc"].members[0].model_file
+    seeds = []
+
+    def flaky(train, valid, e0s, settings, seed, workdir, parent_model=None, device=None):
+        seeds.append(seed)
+        if len(seeds) == 1:
+            raise RuntimeError("MACE training failed (exit code 1): loss is NaN")
+        workdir.mkdir(parents=True)
+        return good.write(workdir / "member.model"), {"valid_loss": 0.1, "epochs": 2.0}
+
+    monkeypatch.setattr(training, "run_mace_training", flaky)
+    store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
+    settings = trained["settings"]
+    doc = _member(trained["frames"], settings, store, tmp_path, seed_index=1)
+    assert seeds == [settings.member_seed(0, 1), training.retry_seed(seeds[0])]
+    assert not doc.failed and doc.retried_with_seed == seeds[1]
+    assert doc.model_file.sha256 == good.sha256
+    cache = ResultCache(store.additional_stores["cache"])
+    assert cache.get(doc.cache_key) is not None  # a good member is cached
+
+
+def test_gather_drops_failed_members_and_needs_two(trained):
+    from makers.training import gather_ensemble
+
+    ok = trained["doc"].members  # indices 0 and 1
+    failed = MemberDocument(
+        index=2, subset=0, seed=5, n_train=8, n_valid=2, failed=True, failure="diverged"
+    )
+    settings = TrainingSettings.preset("tiny", n_sub=1, n_seed=3)
+    doc = gather_ensemble.original([*ok, failed], E0S, settings)
+    assert [m.index for m in doc.members] == [0, 1]
+    assert doc.dropped_members == [{"index": 2, "reason": "diverged"}]
+    second = ok[1].model_copy(update={"failed": True, "failure": "NaN", "model_file": None})
+    with pytest.raises(ValueError, match="only 1 of 3 ensemble members trained"):
+        gather_ensemble.original([ok[0], second, failed], E0S, settings)
+
+
+def test_warm_start_skips_a_dropped_member(trained):
+    doc = trained["doc"]
+    previous = doc.model_copy(
+        update={"members": [doc.members[0]], "dropped_members": [{"index": 1, "reason": "x"}]}
+    )
+    parent, why = _parent_member(previous, trained["settings"], 1, 0)
+    assert parent is None and "failed and was dropped" in why
+    parent, _ = _parent_member(previous, trained["settings"], 0, 0)
+    assert parent is doc.members[0]

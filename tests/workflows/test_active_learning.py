@@ -280,3 +280,129 @@ def test_several_temperatures_explore_as_one_batched_job(tmp_path):
     # Each walker scored frames; together they fill the iteration's quota of selections.
     assert all(e["n_scored"] > 0 for e in doc["explorations"])
     assert summary["iterations"][0]["n_scored"] == sum(e["n_scored"] for e in doc["explorations"])
+
+
+# -- faults ------------------------------------------------------------------------------
+def _cu(seed: int, **info):
+    from ase.build import bulk
+
+    from active_mlip.frames import Frame
+
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(stdev=0.03, seed=seed)
+    return Frame.from_atoms(atoms, **info)
+
+
+def test_failed_single_points_are_replaced_from_the_reserve(tmp_path):
+    from jobflow import Flow, run_locally
+
+    from active_mlip.stores import StoreSettings, make_job_store
+    from makers.labelling import ASECalculatorLabeller, LabelMaker
+    from workflows.active_learning import ToppedUpBatch, top_up
+
+    labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
+    primary = [_cu(0, rank=0), _cu(1, rank=1, fail="raise"), _cu(2, rank=2)]
+    # Next best: the first replacement fails too, the second succeeds, the third is spare.
+    reserve = [_cu(3, rank=3, fail="raise"), _cu(4, rank=4), _cu(5, rank=5)]
+    store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
+
+    def run() -> ToppedUpBatch:
+        label = LabelMaker(labeller=labeller).make(primary)
+        topped = top_up([label.output], reserve, 3, labeller)
+        run_locally(
+            Flow([label, topped]), store=store, ensure_success=True, log=False, root_dir=tmp_path
+        )
+        return ToppedUpBatch.from_dict(store.get_output(topped.uuid, load=True))
+
+    out = run()
+    # The quota of 3 is met by the 2 good primaries and the best good reserve frame.
+    assert [f.info["rank"] for f in out.frames] == [0, 2, 4]
+    assert (out.n_requested, out.n_labelled, out.n_failed) == (5, 3, 2)
+    assert [f.index for f in out.failures] == [1, 3]
+    assert all("SCF did not converge" in f.reason for f in out.failures)
+    assert (out.n_requested_here, out.n_reused_here) == (2, 0)
+    # Again: the replacement's label comes from the cache (the failure is retried).
+    again = run()
+    assert [f.info["rank"] for f in again.frames] == [0, 2, 4]
+    assert (again.n_requested_here, again.n_reused_here) == (2, 1)
+
+
+def test_no_top_up_when_every_frame_failed_or_quota_met():
+    from makers.labelling import ASECalculatorLabeller, label_in_process
+    from workflows.active_learning import top_up
+
+    labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
+    reserve = [_cu(4), _cu(5)]
+    all_failed = label_in_process([_cu(0, fail="raise"), _cu(1, fail="raise")], labeller)
+    out = top_up.original([all_failed], reserve, 2, labeller)
+    assert (out.n_requested, out.n_labelled, out.n_requested_here) == (2, 0, 0)
+    fine = label_in_process([_cu(0), _cu(1)], labeller)
+    out = top_up.original([fine], reserve, 2, labeller)
+    assert (out.n_requested, out.n_labelled, out.n_requested_here) == (2, 2, 0)
+
+
+def test_dft_replacements_become_a_label_job_and_another_top_up():
+    from jobflow import Flow, Response
+
+    from makers.labelling import ASECalculatorLabeller, Atomate2Labeller, label_in_process
+    from workflows.active_learning import top_up
+
+    emt = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
+    batch = label_in_process([_cu(0), _cu(1, fail="raise"), _cu(2)], emt)
+    dft = Atomate2Labeller(code="cp2k")
+    out = top_up.original([batch], [_cu(3), _cu(4), _cu(5)], 3, dft)
+    assert isinstance(out, Response) and isinstance(out.replace, Flow)
+    label, nxt = out.replace.jobs
+    assert len(label.function_args[0]) == 1  # exactly the one missing frame
+    assert len(nxt.function_args[1]) == 2  # the rest stays in reserve
+    assert nxt.function_args[0][0].n_labelled == 2
+
+
+def test_collect_keeps_the_next_best_as_reserve():
+    from makers.exploration import ExplorationDocument
+    from workflows.active_learning import collect_candidates
+
+    frames = [_cu(i, uncertainty=u) for i, u in enumerate([0.3, 0.9, 0.1, 0.5, 0.7])]
+    doc = ExplorationDocument.model_construct(frames=frames)
+    out = collect_candidates.original([doc], 2, 0, None)
+    assert [f.info["uncertainty"] for f in out.frames] == [0.9, 0.7]
+    assert [f.info["uncertainty"] for f in out.reserve] == [0.5, 0.3, 0.1]
+    # A label budget of 3 leaves room for one replacement only.
+    out = collect_candidates.original([doc], 2, 0, 3)
+    assert [f.info["uncertainty"] for f in out.reserve] == [0.5]
+
+
+def test_labeller_failing_every_frame_stops_the_loop():
+    s = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 10})
+    state = _state([50.0, 40.0], acceptance=0.5)
+    history = list(state.history)
+    history[0] = history[0].model_copy(
+        update={
+            "n_selected": 6,
+            "n_labelled": 0,
+            "n_label_failures": 6,
+            "label_failure_reasons": ["RuntimeError: SCF did not converge"],
+        }
+    )
+    converged, reason = stopping_reason(state.model_copy(update={"history": history}), s)
+    assert converged is False
+    assert reason.startswith("labeller failed on every frame: 0 of 6")
+    assert "SCF did not converge" in reason
+    # One failure of six is no reason to stop.
+    history[0] = history[0].model_copy(update={"n_labelled": 5, "n_label_failures": 1})
+    assert stopping_reason(state.model_copy(update={"history": history}), s) is None
+
+
+def test_loop_with_a_labeller_that_fails_on_md_frames_stops_with_a_verdict(tmp_path):
+    settings = ActiveLearningSettings.from_preset(
+        "tiny",
+        loop={"max_iterations": 4},
+        labeller={"kind": "ase", "calculator": "tests.workflows.helpers_faults.CHGNetFailingOnMD"},
+    )
+    summary = run_local("CuI", tmp_path / "failing", settings)
+    assert summary["converged"] is False
+    assert summary["stop_reason"].startswith("labeller failed on every frame")
+    assert "SCF did not converge (simulated)" in summary["stop_reason"]
+    it0, it1 = summary["iterations"]
+    assert it0["n_selected"] > 0 and it0["n_labelled"] == 0
+    assert it1["n_train"] == it0["n_train"]

@@ -1,0 +1,158 @@
+"""Exploration throughput: scored frames per second of ensemble MLIP-MD with uncertainty.
+
+Side by side in one process, for M members on 64- and 216-atom CuI:
+
+(a) the research code's way: one calculator per member, the mean force computed every
+    step from M separate evaluations (each building its own graph), and every member
+    evaluated again at each logged frame for the uncertainty;
+(b) MACE's own committee, ``MACECalculator(model_paths=[...])`` (shared graph, members
+    one after another), uncertainty read from its results;
+(c) ``EnsembleCalculator`` (one graph per frame, every member on it, uncertainty from
+    the same pass);
+(d) ``EnsembleCalculator`` with W walkers (temperatures) batched into one evaluation
+    per step, against the same W walkers run one after another.
+
+Prints ratios (not absolute times: the machine is shared and noisy). The members are
+random-initialised MACE models of the ``quick`` preset's size; throughput does not
+depend on the weights. Run from the repository root::
+
+    python benchmarks/exploration_throughput.py [--steps 40] [--members 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from ase.units import fs
+from pymatgen.io.ase import AseAtomsAdaptor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from active_mlip.frames import Frame  # noqa: E402
+from makers.ensemble import EnsembleCalculator  # noqa: E402
+from makers.exploration import (  # noqa: E402
+    ExplorationSettings,
+    run_exploration,
+    run_exploration_walkers,
+)
+from makers.selection import ReferenceStatistics, SelectionSettings  # noqa: E402
+from tests.models import make_mace_model, write_model  # noqa: E402
+from workflows.materials import get_structure  # noqa: E402
+
+R_MAX = 4.5
+LOGINTERVAL = 10
+
+
+class SeparateMembers(Calculator):
+    """(a): M independent MACE calculators; members re-evaluated at logged frames."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, paths: list[str]):
+        from mace.calculators import MACECalculator
+
+        super().__init__()
+        self.members = [
+            MACECalculator(model_paths=p, device="cpu", default_dtype="float64") for p in paths
+        ]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        e, f = [], []
+        for m in self.members:
+            a = atoms.copy()
+            a.calc = m
+            e.append(a.get_potential_energy())
+            f.append(a.get_forces())
+        self.results = {"energy": float(np.mean(e)), "forces": np.mean(f, axis=0)}
+
+    def uncertainty(self, atoms) -> float:
+        f = []
+        for m in self.members:  # the research code evaluates every member again here
+            a = atoms.copy()
+            a.calc = m
+            f.append(a.get_forces())
+        f = np.asarray(f)
+        return float(np.sqrt(((f - f.mean(0)) ** 2).sum(-1).mean(0)).max())
+
+
+def md_rate(atoms, calc, steps: int, score) -> float:
+    """Scored frames per second of NVT Langevin with ``calc`` (score every LOGINTERVAL)."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    md = Langevin(atoms, 2 * fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(1))
+    md.attach(lambda: score(atoms), interval=LOGINTERVAL)
+    t0 = time.perf_counter()
+    md.run(steps)
+    return (steps // LOGINTERVAL + 1) / (time.perf_counter() - t0)
+
+
+def committee_score(atoms) -> float:
+    r = atoms.calc.results
+    return float(np.sqrt(np.asarray(r["forces_comm"]).var(0).sum(-1)).max())
+
+
+def ensemble_score(atoms) -> float:
+    return float(atoms.calc.results["uncertainty"]["force_max"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--walkers", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from mace.calculators import MACECalculator
+
+    models = [make_mace_model(seed, r_max=R_MAX, channels=16) for seed in range(args.members)]
+    tmp = Path(tempfile.mkdtemp())
+    paths = [str(write_model(m, tmp / f"m{i}.model")) for i, m in enumerate(models)]
+    print(f"M = {args.members} members, {args.steps} MD steps, a frame scored every {LOGINTERVAL}")
+    for cells in ((2, 2, 2), (3, 3, 3)):
+        atoms = AseAtomsAdaptor.get_atoms(get_structure("CuI") * cells)
+        n = len(atoms)
+        sep = SeparateMembers(paths)
+        rate_a = md_rate(atoms, sep, args.steps, sep.uncertainty)
+        committee = MACECalculator(model_paths=paths, device="cpu", default_dtype="float64")
+        rate_b = md_rate(atoms, committee, args.steps, committee_score)
+        ours = EnsembleCalculator(models, r_max=R_MAX, atomic_numbers=[29, 53])
+        rate_c = md_rate(atoms, ours, args.steps, ensemble_score)
+        print(
+            f"{n:4d} atoms: ours/(a) separate calculators = {rate_c / rate_a:.2f}x, "
+            f"ours/(b) MACE committee = {rate_c / rate_b:.2f}x"
+        )
+
+    # (d) walkers batched vs one after another, 64 atoms, nothing ever accepted.
+    start = Frame.from_atoms(AseAtomsAdaptor.get_atoms(get_structure("CuI") * (2, 2, 2)))
+    never = ReferenceStatistics(
+        key="force_max", u_mean=1e3, u_std=1.0, e_mean=0.0, e_std=1.0, n_frames=10
+    )
+    settings = ExplorationSettings(timestep_fs=2.0, loginterval=LOGINTERVAL, max_steps=args.steps)
+    selection = SelectionSettings()
+    temps = [300.0 + 150.0 * k for k in range(args.walkers)]
+    calc = EnsembleCalculator(models, r_max=R_MAX, atomic_numbers=[29, 53])
+    t0 = time.perf_counter()
+    for k, t in enumerate(temps):
+        run_exploration(calc, start, never, t, 1, settings, selection, seed=k)
+    sequential = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seeds = list(range(len(temps)))
+    run_exploration_walkers(calc, [start] * len(temps), never, temps, 1, settings, selection, seeds)
+    batched = time.perf_counter() - t0
+    ratio = sequential / batched
+    print(f"{args.walkers} walkers, 64 atoms: batched/sequential throughput = {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
