@@ -120,9 +120,18 @@ def _labels_computed_by_finished_jobs(store) -> int:
     computed = 0
     for doc in store.docs_store.query(
         {"output.n_requested": {"$exists": True}},
-        properties=["output.n_requested", "output.n_reused"],
+        properties=[
+            "output.n_requested",
+            "output.n_reused",
+            "output.n_requested_here",
+            "output.n_reused_here",
+        ],
     ):
-        computed += doc["output"]["n_requested"] - doc["output"]["n_reused"]
+        out = doc["output"]
+        if "n_requested_here" in out:  # a top-up: its batch repeats the label job's counts
+            computed += out["n_requested_here"] - out["n_reused_here"]
+        else:
+            computed += out["n_requested"] - out["n_reused"]
     return computed
 
 
