@@ -144,17 +144,25 @@ def read_frames(path: str | Path, index: str = ":") -> list[Frame]:
     ValueError
         Naming the file when it is missing, unreadable or holds no structure.
     """
+    return frames_from_atoms(read_images(path, index))
+
+
+def read_images(path: str | Path, index: str = ":", what: str = "structure") -> list[Atoms]:
+    """Read ASE images, with a ``ValueError`` naming the file when that is not possible.
+
+    ``what`` names the kind of file in the messages ("structure", "trajectory").
+    """
     from ase.io import read
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"structure file {str(path)!r} does not exist")
+        raise ValueError(f"{what} file {str(path)!r} does not exist")
     try:
         images = read(path, index=index)
     except Exception as exc:  # ASE raises many types for bad files
-        raise ValueError(f"could not read structures from {str(path)!r}: {exc}") from exc
+        raise ValueError(f"could not read a {what} from {str(path)!r}: {exc}") from exc
     if isinstance(images, Atoms):
         images = [images]
     if not images:
-        raise ValueError(f"{str(path)!r} holds no structure")
-    return frames_from_atoms(images)
+        raise ValueError(f"{str(path)!r} holds no {what}")
+    return list(images)

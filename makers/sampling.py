@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from ase import Atoms, units
+from ase import units
 from ase.data import atomic_masses
 from jobflow import Flow, Maker, job
 from pydantic import Field
 
 from active_mlip.documents import Document
-from active_mlip.frames import Frame
+from active_mlip.frames import Frame, read_images
 from makers.schemas import DATA_FIELDS, LabelledBatch
 
 logger = logging.getLogger(__name__)
@@ -456,23 +456,12 @@ def import_trajectory(
         Missing/unreadable/empty file, bad ``every``/``max_frames``, or a frame without
         energy or forces (naming its index).
     """
-    from ase.io import read
 
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"trajectory file {str(path)!r} does not exist")
-    try:
-        images = read(path, index=":")
-    except Exception as exc:  # ASE raises many types for bad files
-        raise ValueError(f"could not read a trajectory from {str(path)!r}: {exc}") from exc
-    if isinstance(images, Atoms):
-        images = [images]
-    if not images:
-        raise ValueError(f"{str(path)!r} holds no frame")
+    images = read_images(path, ":", what="trajectory")
     indices = list(range(0, len(images), every))
     if max_frames is not None:
         indices = indices[:max_frames]

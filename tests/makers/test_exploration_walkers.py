@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.frames import Frame
 from makers.exploration import (
@@ -24,29 +23,7 @@ from tests.makers.test_exploration import (
     spring_calc,
     stats,
 )
-from tests.models import PairModel, make_ensemble_document, make_mace_model
-from workflows.materials import get_structure
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny graphs: one thread is fastest, and two threads on busy cores are ~15x slower."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def cui() -> Frame:
-    return Frame.from_atoms(AseAtomsAdaptor.get_atoms(get_structure("CuI")))
-
-
-@pytest.fixture(scope="module")
-def mace_members():
-    return [make_mace_model(seed) for seed in range(2)]
+from tests.models import PairModel, make_ensemble_document
 
 
 @pytest.fixture(scope="module")
