@@ -1,19 +1,31 @@
-"""Content-addressed binary artifacts (model files) that travel through job stores.
+"""Content-addressed binary artifacts: blobs in job stores, manifests on disk.
 
 Model weights must never sit inline in a job document (MongoDB caps documents at
 16 MB), so jobs route fields holding a :class:`Blob` to the ``data`` store. Every
 blob carries the SHA-256 of its bytes and is verified whenever it is read back.
+
+Files a run exports to its work directory are listed with their SHA-256 in a
+``SHA256SUMS`` manifest (the format ``sha256sum -c SHA256SUMS`` checks); our readers
+verify a file against the manifest in its directory or the one above before using it
+(:func:`verify_listed`).
 """
 
 from __future__ import annotations
 
 import base64
+import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
 
 from active_mlip.documents import Document
-from active_mlip.hashing import bytes_hash
+from active_mlip.hashing import bytes_hash, file_hash
+
+#: Name of the manifest a run's work directory holds.
+MANIFEST = "SHA256SUMS"
+_MANIFEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
 
 
 class CorruptArtifactError(RuntimeError):
@@ -69,3 +81,95 @@ class Blob(Document):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(self.to_bytes())
         return path
+
+
+# ---------------------------------------------------------------------------------------
+# Manifests of exported files (SHA256SUMS)
+# ---------------------------------------------------------------------------------------
+def write_manifest(directory: str | Path, files: Iterable[str | Path]) -> Path:
+    """Write ``directory/SHA256SUMS`` listing ``files`` (paths inside ``directory``).
+
+    The file is replaced atomically, so a reader sees the old manifest or the new one.
+    """
+    directory = Path(directory)
+    lines = []
+    for f in sorted({Path(f).resolve() for f in files}):
+        rel = f.relative_to(directory.resolve()).as_posix()
+        lines.append(f"{file_hash(f)}  {rel}\n")
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text("".join(lines))
+    os.replace(tmp, directory / MANIFEST)
+    return directory / MANIFEST
+
+
+def read_manifest(path: str | Path) -> dict[str, str]:
+    """``relative path -> sha256`` of a manifest; lines of another form are skipped."""
+    entries = {}
+    for line in Path(path).read_text().splitlines():
+        m = _MANIFEST_LINE.match(line)
+        if m:
+            entries[m.group(2)] = m.group(1).lower()
+    return entries
+
+
+def _check(path: Path, expected: str, manifest: Path) -> None:
+    actual = file_hash(path)
+    if actual != expected:
+        raise CorruptArtifactError(
+            f"{str(path)!r} is corrupted: {manifest} records sha256 {expected}, the file has "
+            f"{actual}; it will not be used. Restore it, or run the command that exported it "
+            "again (a finished run's export is rewritten from the job store)."
+        )
+
+
+def verify_listed(path: str | Path) -> bool:
+    """Check ``path`` against a ``SHA256SUMS`` in its directory or the one above.
+
+    Returns
+    -------
+    bool
+        True when a manifest lists the file and its hash matches; False when no
+        manifest lists it (nothing to check).
+
+    Raises
+    ------
+    CorruptArtifactError
+        If the file's SHA-256 differs from the one the manifest records.
+    """
+    path = Path(path).resolve()
+    for directory in (path.parent, path.parent.parent):
+        manifest = directory / MANIFEST
+        if not manifest.is_file():
+            continue
+        expected = read_manifest(manifest).get(path.relative_to(directory).as_posix())
+        if expected is not None:
+            _check(path, expected, manifest)
+            return True
+    return False
+
+
+def verify_manifest(directory: str | Path) -> list[Path]:
+    """Check every file ``directory/SHA256SUMS`` lists; return their paths.
+
+    Raises
+    ------
+    CorruptArtifactError
+        For the first file that is missing or whose SHA-256 differs.
+    ValueError
+        If the directory holds no manifest.
+    """
+    directory = Path(directory)
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        raise ValueError(f"{str(directory)!r} holds no {MANIFEST}; nothing to verify")
+    paths = []
+    for rel, expected in read_manifest(manifest).items():
+        path = directory / rel
+        if not path.is_file():
+            raise CorruptArtifactError(
+                f"{str(path)!r} is listed in {manifest} but missing; restore it, or run the "
+                "command that exported it again"
+            )
+        _check(path, expected, manifest)
+        paths.append(path)
+    return paths

@@ -73,8 +73,12 @@ def _fail(msg: str) -> None:
 @app.command()
 def run(
     material: Annotated[
-        str, typer.Argument(help="Built-in formula (CuI, AgGaSe2) or a CIF/POSCAR/extxyz file.")
-    ],
+        str | None,
+        typer.Argument(
+            help="Built-in formula (CuI, AgGaSe2) or a CIF/POSCAR/extxyz file "
+            "(omit with --campaign)."
+        ),
+    ] = None,
     preset: Annotated[str, typer.Option(help="Settings preset: tiny, quick or paper.")] = "quick",
     workdir: Annotated[
         Path | None, typer.Option(help="Work directory (default runs/<material>).")
@@ -89,16 +93,37 @@ def run(
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete a previous run in WORKDIR and start over.")
     ] = False,
+    campaign: Annotated[
+        str | None,
+        typer.Option(
+            help="Run a screening campaign instead of one material: 'screening-112' "
+            "(the built-in set) or a campaign YAML file."
+        ),
+    ] = None,
+    materials: Annotated[
+        str | None,
+        typer.Option(help="With --campaign: comma-separated subset, e.g. CuI,AgGaSe2."),
+    ] = None,
+    label_budget: Annotated[
+        int | None,
+        typer.Option(help="With --campaign: reference labels shared by all its materials."),
+    ] = None,
 ) -> None:
     """Run (or resume) the active-learning loop locally on the embedded default.
 
     The embedded default is a file-backed job store in WORKDIR, the CHGNet universal
-    potential as a stand-in for DFT, and the CPU (a GPU when present).
+    potential as a stand-in for DFT, and the CPU (a GPU when present). With
+    ``--campaign`` every material is screened first (short MLIP-MD checked against the
+    reference) and only flagged ones continue with active learning; the campaign report
+    lands in WORKDIR/report/.
     """
     import warnings
 
     from pydantic import ValidationError
+    from rich.markup import escape  # messages quote lists like [nan], which rich would eat
 
+    from active_mlip.blobs import CorruptArtifactError
+    from active_mlip.stores import DatabaseUnreachableError
     from workflows.local import RunConflictError, run_local
 
     # Library deprecation chatter (jobflow, e3nn, chgnet) would bury the progress display.
@@ -116,12 +141,22 @@ def run(
         loop["max_iterations"] = max_iterations
     if seed is not None:
         loop["seed"] = seed
+    if campaign is not None:
+        if material is not None:
+            _fail(f"give either a material ({material!r}) or --campaign, not both")
+        _run_campaign(campaign, materials, preset, label_budget, loop, workdir, restart)
+        return
+    if material is None:
+        _fail("missing MATERIAL: name one (e.g. CuI) or give --campaign screening-112")
+    if materials is not None or label_budget is not None:
+        _fail("--materials and --label-budget need --campaign")
     try:
         settings = ActiveLearningSettings.from_preset(preset, **({"loop": loop} if loop else {}))
     except ValidationError as exc:
-        _fail("invalid settings:\n" + _pretty_validation(exc))
+        pretty = _pretty_validation(exc).replace("Value error, ", "")
+        _fail("invalid settings:\n" + escape(pretty))
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(escape(str(exc)))
     name = Path(material).stem if Path(material).suffix else material
     workdir = workdir or Path("runs") / name
     t0 = time.time()
@@ -130,8 +165,12 @@ def run(
         try:
             summary = run_local(material, workdir, settings, restart=restart)
         except RunConflictError as exc:
-            _fail(str(exc))
+            _fail(escape(str(exc)))
         except ValueError as exc:
+            _fail(escape(str(exc)))
+        except CorruptArtifactError as exc:  # a stored file or frame failed its hash check
+            _fail(escape(str(exc)))
+        except DatabaseUnreachableError as exc:  # no stack dump: what, where, how to resume
             _fail(str(exc))
     last = summary["iterations"][-1]
     console.print(
@@ -158,3 +197,90 @@ def _pretty_validation(exc) -> str:
 
 
 from active_mlip import cli_fireworks  # noqa: E402,F401  (registers submit/status/restart/webgui)
+
+
+def _run_campaign(
+    campaign: str,
+    materials: str | None,
+    preset: str,
+    label_budget: int | None,
+    loop: dict,
+    workdir: Path | None,
+    restart: bool,
+) -> None:
+    """``active-mlip run --campaign …``: screen materials, learn where flagged, report."""
+    from pydantic import ValidationError
+    from rich.markup import escape
+
+    from workflows.local import RunConflictError
+    from workflows.screening import (
+        builtin_campaigns,
+        run_campaign_local,
+        screening_settings,
+        select_materials,
+    )
+
+    if label_budget is not None and label_budget < 1:
+        _fail(f"--label-budget must be at least 1, got {label_budget}")
+    sources: dict[str, str] = {}
+    sections: dict = {"loop": loop} if loop else {}
+    if campaign in builtin_campaigns():
+        name, available = campaign, builtin_campaigns()[campaign]
+    elif Path(campaign).suffix in (".yaml", ".yml") or Path(campaign).is_file():
+        from workflows.campaign import CampaignError, load_campaign
+
+        try:
+            spec, _ = load_campaign(campaign)
+        except CampaignError as exc:
+            _fail(escape(str(exc)))
+        name = spec.name
+        available = [m.name for m in spec.materials]
+        sources = {m.name: m.structure for m in spec.materials if m.structure}
+        preset = spec.preset
+        for section, values in spec.settings.items():
+            sections[section] = {**values, **sections.get(section, {})}
+        if spec.temperatures is not None:
+            sections.setdefault("loop", {}).setdefault("temperatures", list(spec.temperatures))
+        if spec.labeller is not None:
+            sections["labeller"] = spec.labeller
+        if label_budget is None:
+            label_budget = spec.label_budget
+    else:
+        import difflib
+
+        known = sorted(builtin_campaigns())
+        close = difflib.get_close_matches(campaign, known, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        _fail(
+            f"unknown campaign {campaign!r}{hint} Built-in: {', '.join(known)}; "
+            "or give a campaign YAML file"
+        )
+    try:
+        chosen = select_materials(available, materials, name)
+        settings = screening_settings(preset, label_budget, name, **sections)
+    except ValidationError as exc:
+        _fail("invalid settings:\n" + escape(_pretty_validation(exc)))
+    except ValueError as exc:
+        _fail(escape(str(exc)))
+    workdir = workdir or Path("runs") / name
+    t0 = time.time()
+    with console.status("preparing …") as status:
+        _configure_logging(status)
+        try:
+            record = run_campaign_local(name, chosen, settings, workdir, sources, restart)
+        except RunConflictError as exc:
+            _fail(escape(str(exc)))
+    for o in record["outcomes"]:
+        style = {"ok": "green", "failed": "red"}.get(o["verdict"], "yellow")
+        mae = o["final_mae_forces_meV_per_A"]
+        console.print(
+            f"[bold]{o['material']}[/bold]: [{style}]{o['verdict']}[/{style}]"
+            + (f", test force MAE {mae:.1f} meV/Å" if mae is not None else "")
+            + f"; {escape(o['stop_reason'])}"
+        )
+    if record.get("label_budget"):
+        console.print(
+            f"shared label budget: {record.get('label_budget_used')} of "
+            f"{record['label_budget']} used"
+        )
+    console.print(f"{time.time() - t0:.0f} s; campaign report in {workdir}/report/report.html")

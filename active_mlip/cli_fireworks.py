@@ -66,6 +66,12 @@ def submit(
     except CampaignError as exc:
         _fail(str(exc))
     files = [str(p) for p in worker] if worker else _default_worker_files()
+    missing = [f for f in files if not Path(f).is_file()]
+    if missing:
+        _fail(
+            f"worker file(s) {', '.join(map(repr, missing))} do not exist; pass existing "
+            "FireWorker YAMLs with --worker (see launchers/fworker_*.yaml)"
+        )
     for w in check_routing(settings.routing.categories(), files):
         console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
     lp = _launchpad(timeout)
@@ -108,6 +114,7 @@ def status(
         "iteration",
         "labels",
         "test force MAE (meV/Å)",
+        "screening",
         "fireworks",
         "running",
         "failed",
@@ -121,12 +128,47 @@ def status(
             "-" if r.iteration is None else str(r.iteration),
             str(r.labels),
             "-" if r.test_force_mae is None else f"{r.test_force_mae:.1f}",
+            r.verdict or "-",
             f"{r.counts.get('COMPLETED', 0)}/{sum(r.counts.values())} done",
             str(r.running),
             str(r.failed),
         )
     Console = type(console)
     Console(width=max(console.width, 140)).print(table)
+
+
+@app.command()
+def report(
+    campaign: Annotated[str, typer.Argument(help="Campaign name.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory (default reports/<campaign>).")
+    ] = None,
+    timeout: Annotated[float, _TIMEOUT] = 5.0,
+) -> None:
+    """Write the campaign report (MAE histograms, flagged materials, learning curves)."""
+    from active_mlip.fw import DatabaseUnreachableError, campaign_status, client_job_store
+    from workflows.campaign_report import MaterialOutcome, outcomes_from_store, write_report
+
+    lp = _launchpad(timeout)
+    try:
+        store = client_job_store(timeout_ms=int(timeout * 1000))
+    except (ValueError, DatabaseUnreachableError) as exc:
+        _fail(str(exc))
+    rows = campaign_status(lp, campaign, None)
+    if not rows:
+        _fail(f"no campaign {campaign!r} on the LaunchPad")
+    outcomes = {o.material: o for o in outcomes_from_store(store, campaign)}
+    for r in rows:  # materials without a final result: failed or still running
+        if r.material not in outcomes:
+            outcomes[r.material] = MaterialOutcome(
+                material=r.material,
+                verdict="failed" if r.state == "FIZZLED" else "not screened",
+                stop_reason=f"workflow {r.state}",
+            )
+    out = out or Path("reports") / campaign
+    page = write_report(list(outcomes.values()), out, campaign=campaign)
+    done = sum(not o.stop_reason.startswith("workflow ") for o in outcomes.values())
+    console.print(f"{done} of {len(rows)} materials finished; report in {page}")
 
 
 @app.command()

@@ -4,6 +4,13 @@ Frames are what flows between the stages: the labeller fills ``energy``, ``force
 and ``stress``; the loop records provenance (iteration, subset, temperature, the
 uncertainty it was selected with) in ``info``. Units are eV, eV/Å and eV/Å^3
 (stress in ASE's Voigt order xx, yy, zz, yz, xz, xy; positive = tensile).
+
+Integrity: a frame's serialised form carries ``sha256``, the exact content hash of all
+its fields; a frame read back (from a job store, the result cache or JSON) whose
+numbers no longer match it raises :class:`~active_mlip.blobs.CorruptArtifactError`
+instead of being used. Every document holding frames (datasets, explorations, label
+batches) gets the check without doing anything. Frames stored without a hash (older
+stores) load unchecked.
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from pydantic import Field
+from pydantic import Field, computed_field, model_validator
 
+from active_mlip.blobs import CorruptArtifactError, verify_listed
 from active_mlip.documents import Document
-from active_mlip.hashing import structure_hash
+from active_mlip.hashing import frame_content_hash, structure_hash
 
 
 class Frame(Document):
@@ -32,6 +40,43 @@ class Frame(Document):
     forces: list[list[float]] | None = Field(None, description="Forces (eV/Å), shape (N, 3).")
     stress: list[float] | None = Field(None, description="Stress, Voigt order (eV/Å^3).")
     info: dict[str, Any] = Field(default_factory=dict, description="Provenance.")
+
+    # -- integrity -------------------------------------------------------------------------
+    @computed_field(repr=False, description="SHA-256 of every field (written, then checked).")
+    @property
+    def sha256(self) -> str:
+        """Exact content hash of the frame, recomputed from its fields on every dump."""
+        return frame_content_hash(
+            self.numbers,
+            self.positions,
+            self.cell,
+            self.pbc,
+            self.energy,
+            self.forces,
+            self.stress,
+            self.info,
+        )
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _verify_sha256(cls, data: Any, handler: Any) -> Any:
+        """Check a stored frame against the hash it was stored with."""
+        expected = data.get("sha256") if isinstance(data, dict) else None
+        if expected is None:
+            return handler(data)
+        frame = handler({k: v for k, v in data.items() if k != "sha256"})
+        actual = frame.sha256
+        if actual != expected:
+            where = ", ".join(
+                f"{k}={frame.info[k]}" for k in ("source", "iteration", "step") if k in frame.info
+            )
+            raise CorruptArtifactError(
+                f"stored frame ({Atoms(numbers=frame.numbers).get_chemical_formula()}"
+                f"{', ' + where if where else ''}) is corrupted: it was stored with sha256 "
+                f"{expected}, its content hashes to {actual}; it will not be used. Re-run the "
+                "job that produced it."
+            )
+        return frame
 
     # -- conversions -------------------------------------------------------------------
     @classmethod
@@ -143,6 +188,8 @@ def read_frames(path: str | Path, index: str = ":") -> list[Frame]:
     ------
     ValueError
         Naming the file when it is missing, unreadable or holds no structure.
+    CorruptArtifactError
+        When a ``SHA256SUMS`` beside the file lists another hash for it.
     """
     return frames_from_atoms(read_images(path, index))
 
@@ -150,17 +197,28 @@ def read_frames(path: str | Path, index: str = ":") -> list[Frame]:
 def read_images(path: str | Path, index: str = ":", what: str = "structure") -> list[Atoms]:
     """Read ASE images, with a ``ValueError`` naming the file when that is not possible.
 
-    ``what`` names the kind of file in the messages ("structure", "trajectory").
+    ``what`` names the kind of file in the messages ("structure", "trajectory"). A file
+    listed in a ``SHA256SUMS`` in its directory or the one above (an exported run) is
+    checked against it first (:func:`active_mlip.blobs.verify_listed`).
     """
     from ase.io import read
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} file {str(path)!r} is a directory; give a file")
     if not path.is_file():
         raise ValueError(f"{what} file {str(path)!r} does not exist")
+    verify_listed(path)
     try:
         images = read(path, index=index)
-    except Exception as exc:  # ASE raises many types for bad files
-        raise ValueError(f"could not read a {what} from {str(path)!r}: {exc}") from exc
+    except Exception as exc:  # ASE raises many types for bad files, some without a message
+        why = str(exc) or type(exc).__name__
+        if isinstance(exc, KeyError):
+            why = f"unknown element {exc.args[0]!r}"
+        raise ValueError(
+            f"could not read a {what} from {str(path)!r} ({why}); give an extxyz, ASE .traj "
+            "or another file ASE reads"
+        ) from exc
     if isinstance(images, Atoms):
         images = [images]
     if not images:

@@ -31,6 +31,8 @@ from jobflow import JobStore
 from active_mlip.stores import (
     MONGO_DB_ENV,
     MONGO_URI_ENV,
+    BlobsFirstJobStore,
+    DatabaseUnreachableError,
     InsecureConfigError,
     StoreSettings,
     make_job_store,
@@ -58,10 +60,6 @@ DEPLOY_HINT = (
     "(or see deploy/README.md for bare-metal) and export "
     f"{MONGO_URI_ENV}=mongodb://USER:PASSWORD@HOST:27017/?authSource=admin"
 )
-
-
-class DatabaseUnreachableError(RuntimeError):
-    """MongoDB cannot be reached (or refuses the credentials)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,7 +137,13 @@ def load_launchpad(
         data = check_launchpad_file(path)
         kwargs = dict(data.get("mongoclient_kwargs") or {})
         kwargs.setdefault("serverSelectionTimeoutMS", timeout_ms)
-        lp = LaunchPad.from_dict({**data, "mongoclient_kwargs": kwargs})
+        try:
+            lp = LaunchPad.from_dict({**data, "mongoclient_kwargs": kwargs})
+        except (KeyError, TypeError) as exc:  # FireWorks: KeyError('host') for a missing key
+            raise ValueError(
+                f"launchpad file {path} lacks the key {exc}; copy the keys from "
+                "launchers/launchpad.yaml.example (host, port, name, username, password)"
+            ) from exc
         where = (
             uri_hosts(str(lp.host)) if lp.uri_mode else f"{lp.host}:{lp.port}"
         ) + f" (from {path})"
@@ -177,7 +181,7 @@ def check_connection(client: Any, where: str) -> None:
 # ---------------------------------------------------------------------------------------
 # Job store: resolved on each worker from its environment
 # ---------------------------------------------------------------------------------------
-class EnvJobStore(JobStore):
+class EnvJobStore(BlobsFirstJobStore):
     """A JobStore that serialises without credentials and connects from the environment.
 
     Firework specs hold ``{"@class": "EnvJobStore", "database": ..., "prefix": ...}``;
@@ -394,6 +398,7 @@ class MaterialStatus:
     labels: int
     test_force_mae: float | None
     counts: dict[str, int]
+    verdict: str | None = None
 
     @property
     def running(self) -> int:
@@ -439,9 +444,9 @@ def campaign_status(
             ),
             default=None,
         )
-        labels, mae = 0, None
+        labels, mae, verdict = 0, None, None
         if store is not None and done:
-            labels, mae = _outputs_summary(store, done)
+            labels, mae, verdict = _outputs_summary(store, done)
         rows.append(
             MaterialStatus(
                 campaign=wf["metadata"]["campaign"],
@@ -451,6 +456,7 @@ def campaign_status(
                 labels=labels,
                 test_force_mae=mae,
                 counts=counts,
+                verdict=verdict,
             )
         )
     return sorted(rows, key=lambda r: (r.campaign, r.material))
@@ -464,16 +470,27 @@ def _job_uuid(fw: dict[str, Any]) -> str | None:
     return (tasks[0].get("job") or {}).get("uuid")
 
 
-def _outputs_summary(store: JobStore, done: dict[str | None, dict]) -> tuple[int, float | None]:
+def _outputs_summary(
+    store: JobStore, done: dict[str | None, dict]
+) -> tuple[int, float | None, str | None]:
     docs = store.docs_store
     labels = 0
+    verdict = None
     best: tuple[int, float] | None = None
     crit = {"uuid": {"$in": [u for u in done if u]}}
-    props = ["uuid", "output.n_labelled", "output.n_failed", "output.mae_forces_meV_per_A"]
+    props = [
+        "uuid",
+        "output.n_labelled",
+        "output.n_failed",
+        "output.mae_forces_meV_per_A",
+        "output.verdict",
+    ]
     for doc in docs.query(criteria=crit, properties=props):
         out = doc.get("output") or {}
         fw = done.get(doc["uuid"], {})
         kind = fw.get("spec", {}).get("kind")
+        if isinstance(out.get("verdict"), str):  # the screening verdict job
+            verdict = out["verdict"]
         if kind == "labelling" and isinstance(out.get("n_labelled"), int):
             labels += out["n_labelled"] + int(out.get("n_failed") or 0)
         if kind == "evaluation" and out.get("mae_forces_meV_per_A") is not None:
@@ -481,7 +498,7 @@ def _outputs_summary(store: JobStore, done: dict[str | None, dict]) -> tuple[int
             it = int(m.group(1)) if m else -1
             if best is None or it >= best[0]:
                 best = (it, float(out["mae_forces_meV_per_A"]))
-    return labels, None if best is None else best[1]
+    return labels, None if best is None else best[1], verdict
 
 
 # ---------------------------------------------------------------------------------------

@@ -38,6 +38,10 @@ class InsecureConfigError(ValueError):
     """A configuration file with a password is readable by other users."""
 
 
+class DatabaseUnreachableError(RuntimeError):
+    """MongoDB cannot be reached (or refuses the credentials)."""
+
+
 def read_private_yaml(path: str | Path, what: str) -> dict[str, Any]:
     """Read a YAML mapping; refuse it when it holds a password others can read.
 
@@ -59,7 +63,12 @@ def read_private_yaml(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{what} file {str(path)!r} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{what} file {path} is not valid YAML ({exc}); fix or replace it"
+        ) from exc
     if not isinstance(data, dict):
         raise ValueError(f"{what} file {path} is not a mapping")
     uris = " ".join(str(data.get(k) or "") for k in ("host", "mongo_uri"))
@@ -87,6 +96,12 @@ class StoreSettings(Document):
     )
     database: str = Field("active_mlip", description="MongoDB database name.")
     prefix: str = Field("active_mlip", description="Prefix of collection names.")
+    server_selection_timeout_ms: int | None = Field(
+        None,
+        gt=0,
+        description="How long an operation waits for MongoDB before it fails (None: "
+        "pymongo's 30 s). Local runs wait briefly and fail with a clear message.",
+    )
 
     def resolved_uri(self) -> str | None:
         """The MongoDB URI in force, or ``None`` for the file-backed default."""
@@ -95,6 +110,29 @@ class StoreSettings(Document):
         if os.environ.get(STORE_FILE_ENV):
             return read_private_yaml(os.environ[STORE_FILE_ENV], "store").get("mongo_uri")
         return None
+
+
+class BlobsFirstJobStore(JobStore):
+    """A JobStore that writes a job's large objects before the document referring to them.
+
+    jobflow writes the document first: a database lost between the two writes would
+    leave a document pointing at objects that do not exist (a half-written output).
+    In this order, a lost write leaves at most an unreferenced object, and a job
+    document exists only once everything it refers to does.
+    """
+
+    def update(self, docs: Any, key: Any = None, save: Any = None) -> None:
+        deferred: list[tuple[Any, Any]] = []
+        docs_store = self.docs_store
+        # JobStore.update calls docs_store.update once, then the additional stores:
+        # hold the document back until the objects are written.
+        docs_store.update = lambda d, key=None: deferred.append((d, key))
+        try:
+            super().update(docs, key=key, save=save)
+        finally:
+            del docs_store.update  # the instance attribute; the class method shows again
+        for d, k in deferred:
+            docs_store.update(d, key=k)
 
 
 def make_job_store(settings: StoreSettings) -> JobStore:
@@ -106,10 +144,15 @@ def make_job_store(settings: StoreSettings) -> JobStore:
         from maggma.stores.gridfs import GridFSURIStore
 
         db = os.environ.get(MONGO_DB_ENV, settings.database)
-        docs: Store = MongoURIStore(uri, f"{p}_jobs", database=db)
-        data: Store = GridFSURIStore(uri, f"{p}_data", database=db)
+        kw = {"database": db}
+        if settings.server_selection_timeout_ms:
+            kw["mongoclient_kwargs"] = {
+                "serverSelectionTimeoutMS": settings.server_selection_timeout_ms
+            }
+        docs: Store = MongoURIStore(uri, f"{p}_jobs", **kw)
+        data: Store = GridFSURIStore(uri, f"{p}_data", **kw)
         cache: Store = GridFSURIStore(
-            uri, f"{p}_cache", database=db, searchable_fields=["cache_key", "kind"]
+            uri, f"{p}_cache", searchable_fields=["cache_key", "kind"], **kw
         )
     else:
         if settings.local_path is None:
@@ -122,7 +165,38 @@ def make_job_store(settings: StoreSettings) -> JobStore:
         docs = MontyStore(f"{p}_jobs", **kw)
         data = MontyStore(f"{p}_data", **kw)
         cache = MontyStore(f"{p}_cache", key="cache_key", **kw)
-    return JobStore(docs, additional_stores={"data": data, "cache": cache})
+    return BlobsFirstJobStore(docs, additional_stores={"data": data, "cache": cache})
+
+
+def store_location(settings: StoreSettings) -> str:
+    """Where the store lives, for messages: ``MongoDB database D at HOST`` or the path."""
+    uri = settings.resolved_uri()
+    if not uri:
+        return f"the file store in {settings.local_path}"
+    from active_mlip.fw import uri_hosts
+
+    db = os.environ.get(MONGO_DB_ENV, settings.database)
+    return f"MongoDB database {db!r} at {uri_hosts(uri)}"
+
+
+def store_unreachable(settings: StoreSettings, timeout_ms: int = 3000) -> str | None:
+    """Why the MongoDB of ``settings`` cannot be reached now, or ``None`` (reachable, or
+    the file-backed default)."""
+    uri = settings.resolved_uri()
+    if not uri:
+        return None
+    from pymongo import MongoClient
+    from pymongo.errors import PyMongoError
+
+    client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        first = str(exc).split(",")[0].split("Timeout:")[0].strip()
+        return first or type(exc).__name__
+    finally:
+        client.close()
+    return None
 
 
 class ResultCache:

@@ -34,7 +34,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import covalent_radii
 from jobflow import JobConfig, Maker, job
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from active_mlip.documents import Document
 from active_mlip.frames import Frame
@@ -70,6 +70,9 @@ LOG_KEYS = (
 
 class ExplorationSettings(Document):
     """How the exploration MD runs and when it counts as blown up."""
+
+    # A misspelt key would silently keep the default; every float must be finite.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     ensemble: Literal["nvt", "npt"] = Field(
         "nvt",
@@ -113,6 +116,12 @@ class ExplorationSettings(Document):
     progress_every: int = Field(
         50, ge=1, description="Log a progress line every this many scored frames."
     )
+    sample_every: int = Field(
+        0,
+        ge=0,
+        description="Also keep every this-many-th scored frame in ``samples``, with the "
+        "ensemble's energy and forces (screening diagnostics); 0 keeps none.",
+    )
 
     @field_validator("timestep_fs")
     @classmethod
@@ -141,6 +150,11 @@ class ExplorationDocument(Document):
         default_factory=list, description="Accepted frames (unlabelled) with provenance info."
     )
     log: dict[str, list] = Field(default_factory=dict, description="Per scored frame.")
+    samples: list[Frame] = Field(
+        default_factory=list,
+        description="Every ``sample_every``-th scored frame, accepted or not; info holds the "
+        "ensemble's energy_mlip, forces_mlip and uncertainties (for checks by the reference).",
+    )
     last_frame: Frame = Field(description="Last sane configuration, velocities in info.")
     n_force_evaluations: int = Field(0, description="Ensemble evaluations (graph builds).")
     n_forward_passes: int = Field(0, description="Member forward passes (M per evaluation).")
@@ -335,6 +349,7 @@ class _Walker:
         self.atoms = atoms
         self.log: dict[str, list] = {k: [] for k in LOG_KEYS}
         self.candidates: list[Frame] = []
+        self.samples: list[Frame] = []
         self.blowup: dict[str, Any] | None = None
         self.stopped_by = "budget"
         self.step = 0
@@ -413,28 +428,33 @@ class _Walker:
         )
         for k, v in zip(LOG_KEYS, row, strict=True):
             self.log[k].append(v)
+        info = {
+            "source": "exploration",
+            "step": step,
+            "time_fs": step * s.timestep_fs,
+            "temperature": float(self.temperature),
+            "seed": int(self.seed),
+            "uncertainty_key": self.key,
+            "uncertainty": u,
+            "uncertainties": {k: float(v) for k, v in unc.items()},
+            "energy_mlip": energy,
+            "p_u": p_u,
+            "p_e": p_e,
+            "p": p,
+        }
+        frame = None
         if accepted:
-            self.candidates.append(
-                Frame.from_atoms(atoms, include_results=False).model_copy(
-                    update={
-                        "info": {
-                            "source": "exploration",
-                            "step": step,
-                            "time_fs": step * s.timestep_fs,
-                            "temperature": float(self.temperature),
-                            "seed": int(self.seed),
-                            "uncertainty_key": self.key,
-                            "uncertainty": u,
-                            "uncertainties": {k: float(v) for k, v in unc.items()},
-                            "energy_mlip": energy,
-                            "p_u": p_u,
-                            "p_e": p_e,
-                            "p": p,
-                        }
-                    }
+            frame = Frame.from_atoms(atoms, include_results=False).model_copy(update={"info": info})
+            self.candidates.append(frame)
+        n_scored = len(self.log["step"])
+        if s.sample_every and n_scored % s.sample_every == 0:
+            frame = frame or Frame.from_atoms(atoms, include_results=False)
+            forces = np.asarray(results["forces"], dtype=float).tolist()
+            self.samples.append(
+                frame.model_copy(
+                    update={"info": {**info, "source": "md-sample", "forces_mlip": forces}}
                 )
             )
-        n_scored = len(self.log["step"])
         if n_scored % s.progress_every == 0:
             logger.info(
                 "exploration %.0f K: step %d/%d, %d scored, %d accepted, U=%.4g, T=%.0f K",
@@ -485,6 +505,7 @@ class _Walker:
             uncertainty_key=self.key,
             frames=frames,
             log=log,
+            samples=self.samples,
             last_frame=last_frame,
             n_force_evaluations=self.n_force_evaluations,
             n_forward_passes=self.n_forward_passes,

@@ -16,7 +16,7 @@ from active_mlip.documents import Document
 from active_mlip.frames import Frame
 
 #: Output keys that jobs route to the ``data`` store.
-DATA_FIELDS = ["frames", "model_file", "log", "predictions", "force_constants"]
+DATA_FIELDS = ["frames", "model_file", "log", "predictions", "force_constants", "samples"]
 
 
 class LabellerIdentity(Document):

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 from scipy.special import ndtr
 
 from active_mlip.documents import Document
@@ -31,6 +31,9 @@ UncertaintyKind = Literal["energy", "force_mean", "force_max"]
 
 class SelectionSettings(Document):
     """How explored frames are scored and accepted."""
+
+    # A misspelt key would silently keep the default; inf/nan would make P_U, P_E meaningless.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     uncertainty: UncertaintyKind = Field("force_max", description="Monitored uncertainty U.")
     relative: bool = Field(False, description="Use U divided by |mean| (per atom for forces).")

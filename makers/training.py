@@ -87,7 +87,7 @@ main()
 class TrainingSettings(Document):
     """How the ensemble is trained: its shape, the MACE hyperparameters, where it runs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # -- ensemble ------------------------------------------------------------------------
     n_sub: int = Field(2, description="Number of disjoint training subsets.")
@@ -170,6 +170,20 @@ class TrainingSettings(Document):
     def _positive_float(cls, v: float | None, info: Any) -> float | None:
         if v is not None and not (math.isfinite(v) and v > 0):
             raise ValueError(f"{info.field_name} must be a positive number, got {v}")
+        return v
+
+    @field_validator("energy_weight", "forces_weight")
+    @classmethod
+    def _weight(cls, v: float, info: Any) -> float:
+        if v < 0:
+            raise ValueError(f"{info.field_name} must be >= 0, got {v}")
+        return v
+
+    @field_validator("ema_decay")
+    @classmethod
+    def _decay(cls, v: float) -> float:
+        if not 0.0 < v < 1.0:
+            raise ValueError(f"ema_decay must lie strictly between 0 and 1, got {v}")
         return v
 
     @field_validator("max_L")

@@ -39,9 +39,11 @@ from pydantic import Field
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from active_mlip import budget as label_budget
 from active_mlip.documents import Document
 from active_mlip.frames import Frame
 from active_mlip.stores import ResultCache
+from makers.diagnostics import MLIPMinimaMaker, ScreeningDocument, frames_to_check, judge
 from makers.evaluation import EvaluationDocument, TestEvaluationMaker
 from makers.exploration import ExplorationDocument, ExplorationMaker
 from makers.labelling import LabelMaker, label_in_process, labeller_from_dict, validate_frames
@@ -66,6 +68,9 @@ class Candidates(FrameSet):
     reserve: list[Frame] = Field(
         default_factory=list,
         description="Accepted frames beyond the quota, highest uncertainty first.",
+    )
+    budget_limited: bool = Field(
+        False, description="The campaign's shared label budget granted less than the quota."
     )
 
 
@@ -94,6 +99,9 @@ class IterationRecord(Document):
         default_factory=list, description="The first few reasons single points failed."
     )
     acceptance_fraction: float | None = None
+    budget_limited: bool = Field(
+        False, description="The shared label budget cut this iteration's selection short."
+    )
     test_mae_energy_meV_per_atom: float
     test_mae_forces_meV_per_A: float
     test_rmse_energy_meV_per_atom: float | None = None
@@ -115,6 +123,16 @@ class IterationRecord(Document):
     )
 
 
+class ScreeningSummary(Document):
+    """The screening verdict as the loop carries it (the full document stays in the store)."""
+
+    verdict: str
+    flags: list[str] = Field(default_factory=list)
+    evidence: list[str] = Field(default_factory=list, description="One line per piece.")
+    n_labels: int = 0
+    screening_uuid: str = Field(description="The job whose output is the ScreeningDocument.")
+
+
 class LoopState(Document):
     """Everything the loop carries from one iteration to the next."""
 
@@ -132,6 +150,9 @@ class LoopState(Document):
     started_at: float
     pending: dict[str, Any] = Field(
         default_factory=dict, description="Exploration/labelling facts of the iteration before."
+    )
+    screening: ScreeningSummary | None = Field(
+        None, description="Verdict of the screening after the first ensemble, when enabled."
     )
 
 
@@ -163,7 +184,15 @@ def concat_frames(sets: list[Any]) -> FrameSet:
     return FrameSet(frames=out)
 
 
-@job(data=DATA_FIELDS)
+def _shared_store() -> Any:
+    """The job store of the running job (jobs that draw on a shared budget expose it)."""
+    store = getattr(CURRENT_JOB, "store", None)
+    if store is None:
+        raise RuntimeError("a shared label budget needs the job store (expose_store=True)")
+    return store
+
+
+@job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
 def initial_split(
     labelled: LabelledBatch,
     material: str,
@@ -196,27 +225,39 @@ def initial_split(
     )
     uuid = CURRENT_JOB.job.uuid
     starts = {_tkey(t): reference.unlabelled(temperature=t) for t in loop.temperatures}
+    n_used = labelled.n_labelled + labelled.n_failed
+    if loop.shared_budget is not None:  # already spent: charged even if the pool is short
+        label_budget.draw(
+            _shared_store(), loop.shared_budget, f"{material}:initial", n_used, force=True
+        )
     return LoopState(
         material=material,
         train=FrameSet(frames=train),
         test=FrameSet(frames=test),
         e0s=e0s,
         starts=starts,
-        labels_used=labelled.n_labelled + labelled.n_failed,
+        labels_used=n_used,
         fc_uuid=fc_uuid,
         test_uuid=uuid,
         started_at=time.time(),
     )
 
 
-@job(data=CANDIDATE_FIELDS)
+@job(data=CANDIDATE_FIELDS, config=JobConfig(expose_store=True))
 def collect_candidates(
-    explorations: list[ExplorationDocument], n_new: int, iteration: int, budget: int | None
+    explorations: list[ExplorationDocument],
+    n_new: int,
+    iteration: int,
+    budget: int | None,
+    shared: Any = None,
+    key: str = "",
 ) -> Candidates:
     """Pool the accepted frames of all temperatures: unique, highest uncertainty first.
 
-    The best ``min(n_new, budget)`` are to be labelled; the rest (as far as the label
-    budget reaches) are kept as a reserve that replaces frames whose labelling fails.
+    The best ``min(n_new, budget)`` are to be labelled, fewer when the campaign's
+    ``shared`` budget (a :class:`~active_mlip.budget.LabelBudget`) grants fewer; the
+    rest (as far as the label budget reaches) are kept as a reserve that replaces frames
+    whose labelling fails.
     """
     seen: set[str] = set()
     pool: list[Frame] = []
@@ -229,7 +270,23 @@ def collect_candidates(
     pool.sort(key=lambda f: -float(f.info.get("uncertainty", 0.0)))
     limit = n_new if budget is None else max(0, min(n_new, budget))
     end = len(pool) if budget is None else max(limit, budget)
-    return Candidates(frames=pool[:limit], reserve=pool[limit:end])
+    limited = False
+    if shared is not None:
+        shared = label_budget.LabelBudget.model_validate(_plain_model(shared))
+        wanted = min(limit, len(pool))
+        granted = label_budget.draw(_shared_store(), shared, key, wanted)
+        limited = granted < wanted
+        if limited:
+            logger.info("shared label budget %r granted %d of %d", shared.name, granted, wanted)
+        limit = granted
+    return Candidates(frames=pool[:limit], reserve=pool[limit:end], budget_limited=limited)
+
+
+def _plain_model(obj: Any) -> Any:
+    """A model or its serialised dict (FireWorks hands arguments over as dicts)."""
+    if isinstance(obj, dict):
+        return {k: v for k, v in obj.items() if not k.startswith("@")}
+    return obj
 
 
 def combine_batches(batches: list[LabelledBatch]) -> LabelledBatch:
@@ -261,6 +318,8 @@ def top_up(
     labeller: Any,
     n_requested_here: int = 0,
     n_reused_here: int = 0,
+    shared: Any = None,
+    key: str = "",
 ) -> ToppedUpBatch | Response:
     """Replace failed single points by the next-best candidates until ``n_wanted`` are labelled.
 
@@ -280,6 +339,15 @@ def top_up(
         if missing <= 0 or not reserve or combined.n_labelled == 0:
             break
         chunk, reserve = reserve[:missing], reserve[missing:]
+        if shared is not None:
+            shared = label_budget.LabelBudget.model_validate(_plain_model(shared))
+            granted = label_budget.draw(
+                _shared_store(), shared, f"{key}:topup:{combined.n_requested}", len(chunk)
+            )
+            if granted == 0:
+                logger.info("shared label budget %r spent: no replacements", shared.name)
+                break
+            chunk = chunk[:granted]
         logger.info(
             "%d of %d single points failed; labelling %d replacement(s) from the reserve",
             combined.n_failed,
@@ -289,7 +357,9 @@ def top_up(
         if not labeller.in_process:
             label = LabelMaker(labeller=labeller).make(chunk)
             label.name = "label replacements"
-            nxt = top_up([combined, label.output], reserve, n_wanted, labeller)
+            nxt = top_up(
+                [combined, label.output], reserve, n_wanted, labeller, shared=shared, key=key
+            )
             nxt.name = "top up labels"
             return Response(replace=Flow([label, nxt], output=nxt.output, name="top up"))
         extra = label_in_process(chunk, labeller, cache)
@@ -312,11 +382,15 @@ def merge(
     training: TrainingSettings,
     seed: int,
     history: list[IterationRecord],
+    labels_used: int | None = None,
+    screening: ScreeningSummary | None = None,
+    budget_limited: bool = False,
 ) -> LoopState:
     """Add the newly labelled frames to the training subsets; advance the MD starts.
 
-    ``history`` is the controller's record up to this iteration (small, passed by value:
-    the controller's updated state is not stored anywhere else).
+    ``history``, ``labels_used`` and ``screening`` are the controller's record up to this
+    iteration (small, passed by value: the controller's updated state is not stored
+    anywhere else).
     """
     new = [f.with_info(role="train") for f in labelled.frames]
     train = assign_subsets(
@@ -343,6 +417,7 @@ def merge(
         "label_failure_reasons": [f.reason for f in labelled.failures[:3]],
         "acceptance_fraction": n_accepted / n_scored if n_scored else 0.0,
         "calibration": calibration,
+        "budget_limited": bool(budget_limited),
     }
     return state.model_copy(
         update={
@@ -351,7 +426,10 @@ def merge(
             "train": FrameSet(frames=train),
             "test": None,
             "starts": starts,
-            "labels_used": state.labels_used + labelled.n_requested - labelled.n_reused,
+            "labels_used": (state.labels_used if labels_used is None else labels_used)
+            + labelled.n_requested
+            - labelled.n_reused,
+            "screening": screening if screening is not None else state.screening,
             "last_acceptance_fraction": pending["acceptance_fraction"],
             "pending": pending,
         }
@@ -386,7 +464,18 @@ def _tkey(t: float) -> str:
 # ---------------------------------------------------------------------------------------
 # The controller
 # ---------------------------------------------------------------------------------------
-@job(data=DATA_FIELDS)
+def _shared_budget_spent(settings: ActiveLearningSettings) -> str | None:
+    """Why the loop stops when the campaign's shared budget has nothing left, else None."""
+    shared = settings.loop.shared_budget
+    if shared is None:
+        return None
+    spent = label_budget.used(_shared_store(), shared)
+    if spent < shared.total:
+        return None
+    return f"campaign label budget spent: {spent} of {shared.total} labels of {shared.name!r} used"
+
+
+@job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
 def decide(
     state: LoopState,
     ensemble: EnsembleDocument,
@@ -431,6 +520,7 @@ def decide(
                 "n_label_failures": pending["n_label_failures"],
                 "label_failure_reasons": pending.get("label_failure_reasons", []),
                 "acceptance_fraction": pending["acceptance_fraction"],
+                "budget_limited": pending.get("budget_limited", False),
                 "exploration_uuids": exploration_uuids,
                 "label_uuid": label_uuid,
                 "calibration": pending["calibration"],
@@ -447,7 +537,22 @@ def decide(
         record.test_mae_energy_meV_per_atom,
     )
 
+    uuids = {
+        "state": state_uuid,
+        "ensemble": ensemble_uuid,
+        "evaluation": evaluation_uuid,
+        "fc": state.fc_uuid,
+        "initial": state.test_uuid,
+    }
+    if state.iteration == 0 and settings.screening.enabled:
+        # Screen the first ensemble; the gate then stops ('ok') or continues the loop.
+        screen = _screening_flow(state, settings, uuids)
+        route(screen, settings.routing)
+        return Response(replace=screen)
+
     stop = stopping_reason(state, settings)
+    if stop is None and (why := _shared_budget_spent(settings)) is not None:
+        stop = (False, why)  # nothing to label with: exploring and retraining would be waste
     if stop is not None:
         converged, reason = stop
         logger.info("%s: stopping after iteration %d: %s", state.material, state.iteration, reason)
@@ -455,17 +560,126 @@ def decide(
             material=state.material, converged=converged, stop_reason=reason, state=state
         )
 
-    next_flow = _iteration_flow(
-        state=state,
-        settings=settings,
-        uuids={
-            "state": state_uuid,
-            "ensemble": ensemble_uuid,
-            "evaluation": evaluation_uuid,
-            "fc": state.fc_uuid,
-            "initial": state.test_uuid,
-        },
+    next_flow = _iteration_flow(state=state, settings=settings, uuids=uuids)
+    route(next_flow, settings.routing)
+    return Response(replace=next_flow)
+
+
+#: Quota of the screening MD: never reached, the MD runs its full length.
+_NO_QUOTA = 10**9
+
+
+def _light(state: LoopState) -> LoopState:
+    """The state without its frames, to pass by value (frames travel by reference)."""
+    return state.model_copy(update={"train": FrameSet(), "test": None, "starts": {}})
+
+
+def _screening_flow(
+    state: LoopState, settings: ActiveLearningSettings, uuids: dict[str, str]
+) -> Flow:
+    """Short MLIP-MD, MLIP minima, reference checks, verdict, then the gate."""
+    loop, scr = settings.loop, settings.screening
+    material = state.material
+    links = link(uuids)
+    links.name = f"{material} screening link"
+    tag(links, "glue")
+    state_ref = links.output["state"]
+    n_scored = max(1, scr.md_steps // settings.exploration.loginterval)
+    md_settings = settings.exploration.model_copy(
+        update={"max_steps": scr.md_steps, "sample_every": max(1, n_scored // scr.n_check)}
     )
+    explorer = ExplorationMaker(settings=md_settings, selection=settings.selection)
+    md = explorer.make_walkers(
+        links.output["ensemble"],
+        [state_ref.starts[_tkey(t)] for t in loop.temperatures],
+        links.output["evaluation"].reference,
+        temperatures=list(loop.temperatures),
+        n_new=_NO_QUOTA,
+        seeds=[_seed(loop.seed, 0, k) + 500 for k in range(len(loop.temperatures))],
+    )
+    md.name = f"{material} screening MD"
+    tag(md, "exploration")
+    minima = MLIPMinimaMaker(settings=scr).make(links.output["ensemble"], md.output.explorations)
+    minima.name = f"{material} screening minima"
+    tag(minima, "exploration")
+    frames = frames_to_check(md.output.explorations, minima.output)
+    frames.name = f"{material} screening frames"
+    tag(frames, "glue")
+    label = LabelMaker(labeller=settings.labeller).make(frames.output.frames)
+    label.name = f"{material} screening labels"
+    tag(label, "labelling")
+    verdict = judge(
+        material,
+        links.output["evaluation"],
+        md.output.explorations,
+        label.output,
+        links.output["fc"],
+        scr,
+    )
+    verdict.name = f"{material} screening verdict"
+    tag(verdict, "evaluation")  # light; 'evaluation' so that status shows the verdict
+    gate = screening_gate(
+        verdict.output,
+        _light(state),
+        state_ref.train,
+        state_ref.starts,
+        settings,
+        uuids,
+        verdict.uuid,
+    )
+    gate.name = f"{material} screening gate"
+    tag(gate, "controller")
+    jobs = [links, md, minima, frames, label, verdict, gate]
+    return Flow(jobs, output=gate.output, name=f"{material} screening")
+
+
+@job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
+def screening_gate(
+    screening: ScreeningDocument,
+    state: LoopState,
+    train: FrameSet,
+    starts: dict[str, Frame],
+    settings: ActiveLearningSettings,
+    uuids: dict[str, str],
+    screening_uuid: str,
+) -> Response | LoopResult:
+    """Stop a material judged 'ok'; send a flagged one on to active learning."""
+    summary = ScreeningSummary(
+        verdict=screening.verdict,
+        flags=list(screening.flags),
+        evidence=[e.message for e in screening.evidence],
+        n_labels=screening.n_labels,
+        screening_uuid=screening_uuid,
+    )
+    state = state.model_copy(
+        update={"screening": summary, "labels_used": state.labels_used + screening.n_labels}
+    )
+    shared = settings.loop.shared_budget
+    if shared is not None:  # spent already: charged even if the pool is short
+        label_budget.draw(
+            _shared_store(), shared, f"{state.material}:screening", screening.n_labels, True
+        )
+    full = state.model_copy(update={"train": train, "starts": starts})
+    if screening.verdict == "ok":
+        return LoopResult(
+            material=state.material,
+            converged=False,
+            stop_reason=f"screening: {screening.summary}; no active learning needed",
+            state=full,
+        )
+    stop = stopping_reason(state, settings)
+    if stop is None and (why := _shared_budget_spent(settings)) is not None:
+        stop = (False, why)
+    if stop is not None:
+        converged, reason = stop
+        return LoopResult(
+            material=state.material,
+            converged=converged,
+            stop_reason=f"{reason} (screening: {screening.verdict})",
+            state=full,
+        )
+    logger.info("%s flagged (%s): active learning follows", state.material, screening.summary)
+    next_flow = _iteration_flow(state=state, settings=settings, uuids=uuids)
     route(next_flow, settings.routing)
     return Response(replace=next_flow)
 
@@ -495,6 +709,12 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
         return False, (
             f"labeller failed on every frame: 0 of {last.n_selected} single points of "
             f"iteration {last.iteration} were labelled ({reasons})"
+        )
+    if len(history) > 1 and history[-2].budget_limited and history[-2].n_selected == 0:
+        shared = loop.shared_budget
+        return False, (
+            f"campaign label budget spent: {shared.name if shared else 'the campaign'!r} "
+            f"granted no labels for iteration {history[-2].iteration + 1}"
         )
     if len(history) > 1 and history[-2].n_selected == 0:
         return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
@@ -567,14 +787,28 @@ def _iteration_flow(
         tag(e, "exploration")
     jobs.extend(explorations)
     budget = None if loop.max_labels is None else loop.max_labels - current_state.labels_used
-    collect = collect_candidates(outputs, loop.n_new, i, budget)
+    collect = collect_candidates(
+        outputs,
+        loop.n_new,
+        i,
+        budget,
+        shared=loop.shared_budget,
+        key=f"{state.material}:it{i}:collect",
+    )
     collect.name = f"{state.material} it{i} collect"
     tag(collect, "glue")
     label = LabelMaker(labeller=settings.labeller).make(collect.output.frames)
     label.name = f"{state.material} it{i} label"
     tag(label, "labelling")
     quota = loop.n_new if budget is None else max(0, min(loop.n_new, budget))
-    topped = top_up([label.output], collect.output.reserve, quota, settings.labeller)
+    topped = top_up(
+        [label.output],
+        collect.output.reserve,
+        quota,
+        settings.labeller,
+        shared=loop.shared_budget,
+        key=f"{state.material}:it{i}",
+    )
     topped.name = f"{state.material} it{i} top up labels"
     tag(topped, "labelling")
     new_state = merge(
@@ -585,6 +819,9 @@ def _iteration_flow(
         settings.training,
         loop.seed,
         history=current_state.history,
+        labels_used=current_state.labels_used,
+        screening=current_state.screening,
+        budget_limited=collect.output.budget_limited,
     )
     new_state.name = f"{state.material} it{i + 1} merge"
     tag(new_state, "glue")
@@ -672,13 +909,14 @@ class ActiveLearningMaker(Maker):
         Bad input (empty, non-periodic or overlapping structures, elements the labeller
         cannot handle) raises ``ValueError`` here, before any job runs.
         """
-        from workflows.materials import validate_structure
+        from workflows.materials import default_supercell, validate_structure
 
         settings = self.settings
         loop = settings.loop
         material = material or structure.composition.reduced_formula
         validate_structure(structure, source=material)
-        supercell = structure * (loop.supercell or (1, 1, 1))
+        # None: the material's own supercell (the screening set names one per entry).
+        supercell = structure * (loop.supercell or default_supercell(material))
         reference = Frame.from_atoms(AseAtomsAdaptor.get_atoms(supercell), source="reference")
         validate_frames([reference], settings.labeller)
         elements = sorted({site.specie.symbol for site in supercell})

@@ -12,6 +12,11 @@ settings (a preset plus overrides per section) and the routing table::
       loop: {max_iterations: 6}
       training: {n_sub: 3}
     routing: {labelling: cpu, training: gpu} # optional: job kind -> FireWorks category
+    label_budget: 2000                       # optional: labels shared by all materials
+
+``materials: screening-112`` stands for the whole built-in screening set; with
+``settings: {screening: {enabled: true}}`` every material is screened first and only
+flagged ones continue with active learning.
 
 Structure paths are relative to the campaign file. Every error names the line of the
 file it comes from (:func:`load_campaign`).
@@ -87,6 +92,24 @@ class Campaign(Document):
         default_factory=dict, description="Fields to change per settings section."
     )
     routing: RoutingTable = Field(default_factory=RoutingTable)
+    label_budget: int | None = Field(
+        None, ge=1, description="Reference labels shared by all materials of the campaign."
+    )
+
+    @field_validator("materials", mode="before")
+    @classmethod
+    def _material_set(cls, v: Any) -> Any:
+        """A built-in campaign name stands for its whole material set."""
+        if isinstance(v, str):
+            from workflows.screening import builtin_campaigns
+
+            sets = builtin_campaigns()
+            if v not in sets:
+                raise ValueError(
+                    f"{v!r} is not a material set ({', '.join(sets)}); list materials instead"
+                )
+            return list(sets[v])
+        return v
 
     @field_validator("preset")
     @classmethod
@@ -127,6 +150,11 @@ class Campaign(Document):
         if self.labeller is not None:
             overrides["labeller"] = self.labeller
         overrides["routing"] = self.routing.model_dump()
+        if self.label_budget is not None:
+            overrides.setdefault("loop", {})["shared_budget"] = {
+                "name": self.name,
+                "total": self.label_budget,
+            }
         return ActiveLearningSettings.from_preset(self.preset, **overrides)
 
 
@@ -167,7 +195,13 @@ def load_campaign(path: str | Path) -> tuple[Campaign, ActiveLearningSettings]:
     if not path.is_file():
         raise CampaignError(f"campaign file {str(path)!r} does not exist")
     try:
-        root = YAML(typ="rt").load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignError(
+            f"campaign file {str(path)!r} cannot be read as text ({exc}); give a YAML file"
+        ) from exc
+    try:
+        root = YAML(typ="rt").load(text)
     except YAMLError as exc:
         raise CampaignError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(root, dict):

@@ -16,8 +16,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from active_mlip.blobs import MANIFEST, write_manifest
 from active_mlip.frames import Frame, write_extxyz
-from active_mlip.stores import StoreSettings, make_job_store
+from active_mlip.stores import (
+    DatabaseUnreachableError,
+    StoreSettings,
+    make_job_store,
+    store_location,
+    store_unreachable,
+)
 from makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
 from workflows.active_learning import ActiveLearningMaker, LoopResult, ToppedUpBatch
 from workflows.materials import get_structure
@@ -26,6 +33,9 @@ from workflows.settings import ActiveLearningSettings
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+#: How long a local run waits for an unreachable MongoDB before it stops (ms). A run
+#: resumes where it stopped, so failing soon with a clear message beats waiting.
+SERVER_SELECTION_TIMEOUT_MS = 5000
 
 
 class RunConflictError(ValueError):
@@ -82,6 +92,7 @@ def run_local(
     settings: ActiveLearningSettings,
     restart: bool = False,
     log_format: str | bool = False,
+    store_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the loop for ``material`` in ``workdir`` and export the results.
 
@@ -98,11 +109,20 @@ def run_local(
         is refused and a run with the same settings is resumed).
     log_format
         Passed to jobflow's ``run_locally`` (False keeps its logging quiet).
+    store_path
+        Directory of the file-backed job store (default ``workdir/store``); a campaign
+        gives all its materials one store, so they share one label-budget ledger.
 
     Returns
     -------
     dict
         The summary that is also written to ``summary.json``.
+
+    Raises
+    ------
+    DatabaseUnreachableError
+        When ``$ACTIVE_MLIP_MONGO_URI`` names a MongoDB that does not answer, before the
+        run or during it; what was stored is kept and the same call resumes.
     """
     from jobflow import run_locally
 
@@ -111,6 +131,17 @@ def run_local(
     name = Path(material).stem if Path(material).suffix else str(material)
     flow = ActiveLearningMaker(settings=settings).make(structure, material=name)
 
+    store_settings = StoreSettings(
+        local_path=Path(store_path).resolve() if store_path else workdir / "store",
+        server_selection_timeout_ms=SERVER_SELECTION_TIMEOUT_MS,
+    )
+    # Checked before --restart deletes anything: a bad store config must not cost a run.
+    why = store_unreachable(store_settings)
+    if why is not None:
+        raise DatabaseUnreachableError(
+            f"cannot reach the job store, {store_location(store_settings)}: {why}. Nothing "
+            "was run; start the database (or fix ACTIVE_MLIP_MONGO_URI) and run again."
+        )
     if restart and workdir.exists():
         shutil.rmtree(workdir)
     resumed = check_workdir(workdir, name, settings)
@@ -125,10 +156,23 @@ def run_local(
             indent=2,
         )
     )
-    store = make_job_store(StoreSettings(local_path=workdir / "store"))
+    store = make_job_store(store_settings)
     t0 = time.time()
     logger.info("%s %s in %s", "resuming" if resumed else "starting", name, workdir)
-    responses = run_locally(flow, store=store, log=log_format, ensure_success=True)
+    try:
+        responses = run_locally(flow, store=store, log=log_format, ensure_success=True)
+    except Exception as exc:
+        # A job that lost the database failed (jobflow logs it and goes on with the
+        # jobs that do not depend on it): say so plainly instead of "Flow did not finish".
+        why = store_unreachable(store_settings)
+        if why is None:
+            raise
+        raise DatabaseUnreachableError(
+            f"lost the job store, {store_location(store_settings)}, after "
+            f"{time.time() - t0:.0f} s ({why}). Every job and result stored before is "
+            "kept; once the database is back, run the same command again to resume "
+            f"{name} in {workdir}."
+        ) from exc
     wall = time.time() - t0
 
     store.connect()
@@ -172,7 +216,13 @@ def export_run(
     wall_seconds: float,
     counts: dict[str, int],
 ) -> dict[str, Any]:
-    """Write summary.json, dataset.extxyz, test.extxyz, models/ and report/."""
+    """Write summary.json, dataset.extxyz, test.extxyz, models/, SHA256SUMS and report/.
+
+    ``SHA256SUMS`` (``sha256sum -c`` format) lists every exported file but the report;
+    it is removed first and written last, so a half-written export has none rather than
+    a wrong one.
+    """
+    (workdir / MANIFEST).unlink(missing_ok=True)
     state = result.state
     test_state = _as_model(store.get_output(state.test_uuid, load=True), type(state))
     test_frames = test_state.test.frames if test_state.test else []
@@ -240,12 +290,15 @@ def export_run(
         ],
         "converged": result.converged,
         "stop_reason": result.stop_reason,
+        "screening": state.screening.model_dump() if state.screening else None,
         "labels_used": state.labels_used,
         "n_dataset": len(dataset),
         "n_test": len(test_frames),
         "this_invocation": {**counts, "wall_seconds": wall_seconds},
     }
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    exported = [workdir / n for n in ("summary.json", "dataset.extxyz", "test.extxyz")]
+    write_manifest(workdir, exported + sorted(models_dir.iterdir()))
 
     try:
         from workflows.report import write_report

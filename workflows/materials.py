@@ -106,39 +106,68 @@ def default_supercell(name: str) -> tuple[int, int, int]:
 
 def read_structure(path: str | Path) -> Structure:
     """Read one periodic structure from CIF, POSCAR or anything ASE reads."""
+    from active_mlip.blobs import verify_listed
+
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"structure file {str(path)!r} is a directory; give a file")
     if not path.is_file():
         raise ValueError(f"structure file {str(path)!r} does not exist")
+    verify_listed(path)  # when a SHA256SUMS beside it lists the file (an exported run)
     try:
         structure = Structure.from_file(path)
     except Exception:
-        try:
-            from ase.io import read
-            from pymatgen.io.ase import AseAtomsAdaptor
-
-            structure = AseAtomsAdaptor.get_structure(read(path, index=0))
-        except Exception as exc:
-            raise ValueError(
-                f"could not read a structure from {str(path)!r}: {exc}. "
-                "Give a CIF, POSCAR or extxyz file."
-            ) from exc
+        structure = _read_with_ase(path)
     validate_structure(structure, source=str(path))
     return structure
+
+
+def _read_with_ase(path: Path) -> Structure:
+    """Read ``path`` with ASE; every failure becomes a ValueError that says what to fix."""
+    from ase.io import read
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    fix = "Give a CIF, POSCAR or extxyz file with a periodic cell."
+    try:
+        atoms = read(path, index=0)
+    except PermissionError as exc:
+        raise ValueError(f"structure file {str(path)!r} cannot be read: {exc}") from exc
+    except KeyError as exc:  # ASE's symbol lookup
+        raise ValueError(
+            f"{str(path)!r} names an unknown element {exc.args[0]!r}; use element symbols "
+            "such as Cu, I"
+        ) from exc
+    except Exception as exc:  # ASE raises many types for bad files, some without a message
+        why = str(exc) or type(exc).__name__
+        raise ValueError(f"could not read a structure from {str(path)!r} ({why}). {fix}") from exc
+    if len(atoms) and (not all(atoms.pbc) or atoms.cell.rank < 3):
+        raise ValueError(
+            f"{str(path)!r} is not periodic in all three directions (pbc={atoms.pbc.tolist()}, "
+            f"{atoms.cell.rank} lattice vectors). {fix}"
+        )
+    if len(atoms) == 0:
+        raise ValueError(f"{str(path)!r} is empty (no atoms). {fix}")
+    return AseAtomsAdaptor.get_structure(atoms)
 
 
 def validate_structure(structure: Structure, source: str = "structure") -> None:
     """Reject empty, non-periodic or overlapping structures with a message naming them."""
     if len(structure) == 0:
-        raise ValueError(f"{source} is empty (no atoms)")
+        raise ValueError(f"{source} is empty (no atoms); give a structure with atoms")
     if not np.all(structure.lattice.pbc):
-        raise ValueError(f"{source} is not periodic in all three directions")
+        raise ValueError(
+            f"{source} is not periodic in all three directions; give a crystal with a lattice"
+        )
     if structure.volume <= 1e-6:
-        raise ValueError(f"{source} has a cell of zero volume")
+        raise ValueError(f"{source} has a cell of zero volume; check its lattice vectors")
     if len(structure) > 1:
         d = structure.distance_matrix + np.eye(len(structure)) * 1e6
         if d.min() < 0.5:
             i, j = np.unravel_index(np.argmin(d), d.shape)
-            raise ValueError(f"{source}: atoms {i} and {j} overlap ({d.min():.3f} A apart)")
+            raise ValueError(
+                f"{source}: atoms {i} and {j} overlap ({d.min():.3f} A apart); check the "
+                "positions and lattice (Å; fractional vs Cartesian coordinates)"
+            )
 
 
 # ---------------------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from active_mlip.budget import LabelBudget
 from active_mlip.documents import Document
 from active_mlip.hashing import content_hash
+from makers.diagnostics import DiagnosticsSettings
 from makers.exploration import ExplorationSettings
 from makers.labelling import CHGNetLabeller, Labeller
 from makers.selection import SelectionSettings
@@ -34,7 +36,8 @@ PresetName = Literal["tiny", "quick", "paper"]
 class LoopSettings(Document):
     """The loop itself: initial data, test set, quota per iteration and stopping."""
 
-    model_config = ConfigDict(extra="forbid")
+    # inf/nan temperatures, tolerances or E0s would start a run that cannot succeed.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperatures: list[float] = Field([300.0], description="MD/sampling temperatures (K).")
     supercell: tuple[int, int, int] | None = Field(
@@ -49,6 +52,11 @@ class LoopSettings(Document):
     n_new: int = Field(10, ge=1, description="Frames selected per iteration (all temperatures).")
     max_iterations: int = Field(4, ge=1, description="Ensembles trained at most.")
     max_labels: int | None = Field(None, ge=1, description="Reference labels used at most.")
+    shared_budget: LabelBudget | None = Field(
+        None,
+        description="A campaign-wide label budget drawn on by every material's iterations "
+        "(initial data and screening checks are charged to it too).",
+    )
     force_mae_rtol: float = Field(
         0.05, gt=0, description="Converged when the test force MAE changes by less than this."
     )
@@ -78,6 +86,13 @@ class LoopSettings(Document):
             raise ValueError(f"temperatures must be > 0 K, got {bad}")
         return v
 
+    @field_validator("supercell")
+    @classmethod
+    def _positive_supercell(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError(f"supercell must be 3 positive integers, got {list(v)}")
+        return v
+
     @model_validator(mode="after")
     def _trajectory_given(self) -> LoopSettings:
         if self.initial == "trajectory" and not self.trajectory:
@@ -96,6 +111,10 @@ class ActiveLearningSettings(Document):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    screening: DiagnosticsSettings = Field(
+        default_factory=DiagnosticsSettings,
+        description="Screening diagnostics after the first ensemble (off unless enabled).",
+    )
     routing: RoutingTable = Field(default_factory=RoutingTable)
 
     def fingerprint(self) -> str:

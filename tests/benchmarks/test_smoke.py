@@ -1,0 +1,147 @@
+"""Smoke tests of the benchmarks: their measuring code on hand-made inputs and tiny runs.
+
+The benchmarks themselves are not run here (minutes each); these prove that what they
+measure is what they say: MACE's per-epoch log read into a cost curve, every job's own
+time split from jobflow's work around it, FireWorks overhead and the status read on a
+real wire-protocol server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import pytest
+from jobflow import Flow, JobStore, job, run_locally
+from maggma.stores import MemoryStore
+
+from benchmarks.orchestration_overhead import JobTimer, kind_of, split_times
+from benchmarks.training_cost import cost_to_reach, epoch_curve
+
+
+def _write_mace_log(workdir, rows):
+    (workdir / "results").mkdir()
+    with open(workdir / "results" / "member_run-1_train.txt", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def test_cost_to_reach_reads_mace_epochs_and_times(tmp_path):
+    ev = {"mode": "eval", "time": 0.5}
+    _write_mace_log(
+        tmp_path,
+        [
+            {**ev, "epoch": None, "rmse_f": 0.100},
+            {"mode": "opt", "epoch": 0, "time": 1.0},
+            {"mode": "opt", "epoch": 0, "time": 1.0},
+            {**ev, "epoch": 0, "rmse_f": 0.080},
+            {"mode": "opt", "epoch": 1, "time": 1.0},
+            {"mode": "opt", "epoch": 1, "time": 2.0},
+            {**ev, "epoch": 1, "rmse_f": 0.050},
+            {"mode": "opt", "epoch": 2, "time": 1.0},
+            {**ev, "epoch": 2, "rmse_f": 0.060},
+        ],
+    )
+    initial, curve = epoch_curve(tmp_path)
+    assert initial == pytest.approx(100.0)
+    assert [e for e, _, _ in curve] == [0, 1, 2]
+    assert [r for _, r, _ in curve] == pytest.approx([80.0, 50.0, 60.0])
+    assert [t for _, _, t in curve] == pytest.approx([2.5, 3.5, 1.5])
+    # A 10 s run logged 7.5 s of epochs: 2.5 s of start-up and saving.
+    assert cost_to_reach(100.0, initial, curve, 10.0) == (0, pytest.approx(2.5))
+    assert cost_to_reach(80.0, initial, curve, 10.0) == (1, pytest.approx(5.0))
+    assert cost_to_reach(55.0, initial, curve, 10.0) == (2, pytest.approx(8.5))
+    assert cost_to_reach(40.0, initial, curve, 10.0) == (None, None)
+
+
+@job
+def _sleep(x, seconds):
+    time.sleep(seconds)
+    return x + 1
+
+
+def test_job_timer_separates_job_time_from_jobflow_time():
+    from jobflow.core.job import Job
+
+    original = Job.run
+    a = _sleep(0, 0.2)
+    a.name = "demo it1 a"
+    b = _sleep(a.output, 0.1)
+    b.name = "demo it1 b"
+    t0 = time.perf_counter()
+    with JobTimer() as timer:
+        responses = run_locally(Flow([a, b]), store=JobStore(MemoryStore()), log=False)
+    wall = time.perf_counter() - t0
+    assert Job.run is original
+    assert responses[b.uuid][1].output == 2  # the jobs still ran, with their inputs
+    recs = {r["name"]: r for r in timer.records}
+    assert set(recs) == {"demo it1 a", "demo it1 b"}
+    for name, seconds in (("demo it1 a", 0.2), ("demo it1 b", 0.1)):
+        assert seconds <= recs[name]["function"] < seconds + 0.1
+        assert recs[name]["run"] >= recs[name]["function"]
+        assert recs[name]["output"] == "int"
+    assert recs["demo it1 a"]["gap"] == 0.0 and recs["demo it1 b"]["gap"] >= 0.0
+    parts = split_times(timer.records)
+    assert parts["other jobs"] == pytest.approx(
+        recs["demo it1 a"]["function"] + recs["demo it1 b"]["function"]
+    )
+    assert sum(parts.values()) <= wall
+    assert kind_of({"name": "x it1 train", "output": "MemberDocument"}) == "training"
+    assert kind_of({"name": "x it1 label", "output": "ToppedUpBatch"}) == "labelling"
+    assert kind_of({"name": "x E0s", "output": "dict"}) == "labelling"
+    assert kind_of({"name": "x it1 explore", "output": "ExplorationBatchDocument"}) == "MD"
+
+
+def _own_env(monkeypatch):
+    """Let the benchmark set its database variables; restore them after the test."""
+    import fireworks.core.launchpad as lpmod
+
+    monkeypatch.setattr(lpmod, "GRIDFS_FALLBACK_COLLECTION", None)  # jongodb has no GridFS
+    for k in ("ACTIVE_MLIP_MONGO_URI", "ACTIVE_MLIP_FW_DB", "ACTIVE_MLIP_MONGO_DB"):
+        monkeypatch.setenv(k, "unset")
+    monkeypatch.delenv("ACTIVE_MLIP_LAUNCHPAD", raising=False)
+
+
+@pytest.fixture(scope="module")
+def jongodb():
+    from benchmarks.orchestration_overhead import jongodb_binary, start_jongodb, stop_jongodb
+
+    try:
+        jongodb_binary()
+    except SystemExit as exc:
+        pytest.skip(str(exc))
+    proc, uri = start_jongodb()
+    yield uri
+    stop_jongodb(proc)
+
+
+@pytest.mark.timeout(120)
+def test_fireworks_overhead_runs_a_chain(jongodb, monkeypatch):
+    from benchmarks.orchestration_overhead import fireworks_overhead
+
+    _own_env(monkeypatch)
+    args = argparse.Namespace(fireworks=[3], work=0.05, repeats=1, verbose=False)
+    per_fw = fireworks_overhead(args, jongodb)  # raises unless all 3 fireworks completed
+    assert 0.0 < per_fw < 30.0
+
+
+@pytest.mark.timeout(120)
+def test_status_reads_the_filled_launchpad(jongodb, tmp_path, monkeypatch):
+    from active_mlip.fw import campaign_status, client_job_store, load_launchpad
+    from benchmarks.campaign_scale import fill_and_complete, write_campaign
+    from benchmarks.orchestration_overhead import use_databases
+
+    _own_env(monkeypatch)
+    use_databases(jongodb)
+    names = ["CuI", "AgI"]
+    campaign_file = write_campaign(tmp_path / "c.yaml", "smoke", "tiny", names)
+    lp = load_launchpad()
+    n_done = fill_and_complete(lp, campaign_file, 1, "tiny", names)
+    rows = campaign_status(lp, None, client_job_store())
+    assert sorted(r.material for r in rows) == sorted(names)
+    labelling = lp.fireworks.count_documents({"spec.kind": "labelling"})
+    assert n_done >= labelling > 0
+    # Each labelling firework was given 10 labelled + 1 failed frame.
+    assert sum(r.labels for r in rows) == 11 * labelling
+    assert {r.test_force_mae for r in rows} == {42.0}
