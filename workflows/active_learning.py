@@ -168,10 +168,29 @@ class LoopResult(Document):
 # ---------------------------------------------------------------------------------------
 # Glue jobs (light; run wherever the routing table puts them)
 # ---------------------------------------------------------------------------------------
-@job
+@job(config=JobConfig(expose_store=True))
 def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
-    """Reference energy per element from the labeller (isolated atoms in a box)."""
-    return {k: float(v) for k, v in labeller.isolated_atom_energies(elements).items()}
+    """Reference energy per element from the labeller (isolated atoms in a box).
+
+    Cached per element and labeller settings, so a resumed run does not repeat them.
+    """
+    from active_mlip.hashing import content_hash
+
+    labeller = labeller_from_dict(labeller)
+    cache = ResultCache.from_current_job()
+    ident = labeller.identity().settings_hash
+    keys = {el: content_hash(["isolated-atom", el, ident]) for el in elements}
+    out: dict[str, float] = {}
+    for el, key in keys.items():
+        hit = cache.get(key)
+        if hit is not None:
+            out[el] = float(hit["energy"])
+    missing = [el for el in elements if el not in out]
+    if missing:
+        for el, e in labeller.isolated_atom_energies(missing).items():
+            out[el] = float(e)
+            cache.put(keys[el], "isolated_atom", {"element": el, "energy": float(e)})
+    return {el: out[el] for el in elements}
 
 
 @job(data=DATA_FIELDS)
