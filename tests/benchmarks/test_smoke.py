@@ -17,7 +17,7 @@ from jobflow import Flow, JobStore, job, run_locally
 from maggma.stores import MemoryStore
 
 from benchmarks.orchestration_overhead import JobTimer, kind_of, split_times
-from benchmarks.training_cost import cost_to_reach, epoch_curve
+from benchmarks.training_cost import cost_to_reach, epoch_curve, print_summary
 
 
 def _write_mace_log(workdir, rows):
@@ -53,6 +53,26 @@ def test_cost_to_reach_reads_mace_epochs_and_times(tmp_path):
     assert cost_to_reach(80.0, initial, curve, 10.0) == (1, pytest.approx(5.0))
     assert cost_to_reach(55.0, initial, curve, 10.0) == (2, pytest.approx(8.5))
     assert cost_to_reach(40.0, initial, curve, 10.0) == (None, None)
+
+
+def test_summary_takes_medians_over_members(capsys):
+    # (target, warm epochs, warm s, scratch epochs, scratch s) per target factor.
+    rows = [
+        {1.0: (50.0, 10, 10.0, 30, 30.0), 1.1: (55.0, 5, 8.0, 20, 24.0)},
+        {1.0: (40.0, 15, 20.0, 30, 30.0), 1.1: (44.0, 0, 6.0, 25, 30.0)},
+        {1.0: (60.0, None, None, 30, 30.0), 1.1: (66.0, 10, 10.0, 30, 30.0)},
+    ]
+    for row, budget in zip(rows, ((52.0, 30.0), (41.0, 30.0), (61.0, 30.0)), strict=True):
+        row["budget"] = (budget, (45.0, 15.0))
+    out = print_summary(rows, (30, 15), "quick")
+    # 1.0x: the third warm run never got there; medians of (3, 2) epochs and (3, 1.5) s.
+    assert out[1.0] == (pytest.approx(2.5), pytest.approx(2.25))
+    # 1.1x: a warm run at target before training counts as 1 epoch (25 / 1).
+    assert out[1.1] == (pytest.approx(4.0), pytest.approx(3.0))
+    text = capsys.readouterr().out
+    assert "1 warm runs never reached it" in text
+    assert "scratch 52.0, warm 45.0 meV/Å (medians); seconds scratch/warm = 2.00x" in text
+    assert text.count("MET") == 1 and text.count("MISSED") == 1
 
 
 @job
@@ -91,6 +111,8 @@ def test_job_timer_separates_job_time_from_jobflow_time():
     assert kind_of({"name": "x it1 label", "output": "ToppedUpBatch"}) == "labelling"
     assert kind_of({"name": "x E0s", "output": "dict"}) == "labelling"
     assert kind_of({"name": "x it1 explore", "output": "ExplorationBatchDocument"}) == "MD"
+    assert kind_of({"name": "x it1 evaluate", "output": "EvaluationDocument"}) == "evaluation"
+    assert kind_of({"name": "x it1 merge", "output": "LoopState"}) == "other jobs"
 
 
 def _own_env(monkeypatch):
@@ -145,3 +167,36 @@ def test_status_reads_the_filled_launchpad(jongodb, tmp_path, monkeypatch):
     # Each labelling firework was given 10 labelled + 1 failed frame.
     assert sum(r.labels for r in rows) == 11 * labelling
     assert {r.test_force_mae for r in rows} == {42.0}
+    # Counts come from the workflows' fw_states, which the filler keeps in step.
+    assert sum(r.counts.get("COMPLETED", 0) for r in rows) == n_done
+    assert sum(sum(r.counts.values()) for r in rows) == lp.fireworks.count_documents({})
+
+
+def test_find_ids_reads_a_range_or_a_list(jongodb):
+    """campaign_status's firework read: one range when the ids are dense, else ``$in``."""
+    from pymongo import MongoClient
+
+    from active_mlip.fw import _find_ids
+
+    coll = MongoClient(jongodb).find_ids_test.fireworks
+    coll.insert_many(
+        [{"fw_id": i, "state": "COMPLETED" if i % 2 else "READY"} for i in range(1, 101)]
+    )
+    done = {"state": "COMPLETED"}
+    sent: list[dict] = []
+    find = coll.find
+
+    class Spy:
+        def find(self, query, projection):
+            sent.append(query)
+            return find(query, projection)
+
+    # Dense: 1..9 asked among 9 nodes -> one range query, filtered by state on the server.
+    got = _find_ids(Spy(), [1, 3, 5, 7, 9], done, {"fw_id": 1}, population=9)
+    assert sorted(d["fw_id"] for d in got) == [1, 3, 5, 7, 9]
+    assert sent[-1]["fw_id"] == {"$gte": 1, "$lte": 9}
+    # Sparse: 3 ids spread over 100 -> a list; the server still drops the READY one.
+    got = _find_ids(Spy(), [1, 50, 99], done, {"fw_id": 1}, population=3)
+    assert sorted(d["fw_id"] for d in got) == [1, 99]
+    assert sent[-1]["fw_id"] == {"$in": [1, 50, 99]}
+    assert _find_ids(Spy(), [], done, {"fw_id": 1}) == [] and len(sent) == 2

@@ -65,3 +65,22 @@ def test_routing_to_a_category_no_worker_pulls_warns(tmp_path):
     anyone = tmp_path / "fworker_any.yaml"
     anyone.write_text("name: any\ncategory: ''\n")
     assert check_routing({"a100"}, [anyone]) == []
+
+
+def test_a_material_that_cannot_be_built_leaves_nothing_submitted(db_env, tmp_path):
+    """Every workflow is built before the first is added: no half-submitted campaign."""
+    from active_mlip.fw import load_launchpad, submit_flows
+    from tests.fireworks.helpers import toy_flow
+
+    def broken():
+        raise ValueError("trajectory 'x.extxyz' frame 0 has atoms AgGaSe2 (16 atoms) ...")
+
+    lp = load_launchpad()
+    flows = {
+        "CuI": (lambda: toy_flow("CuI", str(tmp_path / "labels.log")), "fp"),
+        "AgGaSe2": (broken, "fp"),
+    }
+    with pytest.raises(ValueError, match="AgGaSe2"):
+        submit_flows(lp, "half", flows)
+    assert lp.workflows.count_documents({"metadata.campaign": "half"}) == 0
+    assert lp.fireworks.count_documents({}) == 0

@@ -1,0 +1,250 @@
+"""Training cost per iteration: warm-started members vs members trained from scratch.
+
+The setting is one step of the loop on 64-atom CuI labelled by CHGNet:
+
+1. an ensemble (``n_sub`` subsets x ``n_seed`` seeds, the ``quick`` training preset) is
+   trained from scratch on ``--n-initial`` harmonic samples at 300 K (the initial set);
+2. the pool grows by ``--n-new`` frames (harmonic samples at ``--new-temperature``, a
+   stand-in for the high-uncertainty MD frames an iteration adds; they join the subsets
+   and their validation sets the way the loop assigns them, old frames keep their roles);
+3. every member is trained again on the grown pool, (a) warm-started from its previous
+   member (``--foundation_model parent --multiheads_finetuning False``, the preset's
+   warm-start learning rate) and (b) from scratch, with the same epoch budget, one run
+   after the other (interleaved, so that load from other processes hits both alike).
+
+MACE logs the validation force RMSE after every epoch and the time of every optimiser
+step and evaluation (``results/*_train.txt``). For each member the target is the scratch
+run's best validation force RMSE (and, less strict, 1.1x it); the cost of reaching it is
+counted in epochs (independent of machine load) and in seconds: the run's wall time
+(subprocess start, data loading, model building and saving included) minus the time MACE
+logged for the epochs after the target was reached, i.e. the wall time of a run that
+stopped there. Prints the ratios scratch / warm per member, their median, and the
+verdict for the target (>= 3x). Run from the repository root::
+
+    python benchmarks/training_cost.py [--epochs 30] [--n-seed 2] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pymatgen.io.ase import AseAtomsAdaptor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from active_mlip.frames import Frame  # noqa: E402
+from makers.labelling import CHGNetLabeller  # noqa: E402
+from makers.sampling import compute_force_constants, harmonic_samples  # noqa: E402
+from makers.training import TrainingSettings, run_mace_training, split_subset  # noqa: E402
+from workflows.materials import get_structure  # noqa: E402
+
+TARGET_RATIO = 3.0
+
+
+def epoch_curve(workdir: Path) -> tuple[float | None, list[tuple[int, float, float]]]:
+    """Initial validation force RMSE (meV/Å) and per epoch (epoch, RMSE, seconds logged).
+
+    The seconds of an epoch are MACE's own timings of its optimiser steps and of its
+    validation pass.
+    """
+    (path,) = (workdir / "results").glob("*_train.txt")
+    step_time: dict[int, float] = {}
+    evals: dict[int, tuple[float, float]] = {}
+    initial = None
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("mode") == "opt":
+            step_time[row["epoch"]] = step_time.get(row["epoch"], 0.0) + row["time"]
+        elif row.get("mode") == "eval":
+            if row.get("epoch") is None:
+                initial = 1e3 * row["rmse_f"]
+            else:
+                evals[row["epoch"]] = (1e3 * row["rmse_f"], row["time"])
+    curve = [(e, f, step_time.get(e, 0.0) + t) for e, (f, t) in sorted(evals.items())]
+    return initial, curve
+
+
+def cost_to_reach(
+    target: float, initial: float | None, curve: list[tuple[int, float, float]], wall: float
+) -> tuple[int | None, float | None]:
+    """Epochs and seconds until the validation force RMSE is <= ``target`` (None: never)."""
+    logged = sum(t for _, _, t in curve)
+    if initial is not None and initial <= target:
+        return 0, wall - logged
+    for k, (_, rmse, _) in enumerate(curve):
+        if rmse <= target:
+            return k + 1, wall - sum(t for _, _, t in curve[k + 1 :])
+    return None, None
+
+
+def train(frames, e0s, settings, seed, workdir, parent=None):
+    """One MACE run; returns (model path, wall seconds, initial RMSE, curve)."""
+    t0 = time.perf_counter()
+    model, _ = run_mace_training(
+        frames[0], frames[1], e0s, settings, seed, workdir, parent_model=parent
+    )
+    wall = time.perf_counter() - t0
+    initial, curve = epoch_curve(workdir)
+    return model, wall, initial, curve
+
+
+def make_data(args) -> tuple[list[Frame], list[Frame], dict[str, float]]:
+    labeller = CHGNetLabeller(device=args.chgnet_device)
+    cell = tuple(args.supercell)
+    supercell = Frame.from_atoms(AseAtomsAdaptor.get_atoms(get_structure("CuI") * cell))
+    fc = compute_force_constants(supercell, labeller)
+    initial = harmonic_samples(fc, 300.0, args.n_initial, seed=0)
+    new = harmonic_samples(fc, args.new_temperature, args.n_new, seed=1)
+    label = labeller.label_frame
+    initial = [label(f) for f in initial]
+    new = [label(f).with_info(new=True) for f in new]
+    e0s = labeller.isolated_atom_energies(["Cu", "I"])
+    return initial, new, e0s
+
+
+def print_summary(rows: list[dict], budgets: tuple[int, int], preset: str) -> dict[float, tuple]:
+    """Print the medians over members; return {target factor: (epochs, seconds) ratios}."""
+    out: dict[float, tuple] = {}
+    if all("budget" in row for row in rows):
+        (c_f, c_s), (w_f, w_s) = (
+            list(zip(*(row["budget"][k] for row in rows), strict=True)) for k in (0, 1)
+        )
+        print(
+            f"as the {preset} preset runs them ({budgets[0]} epochs scratch, {budgets[1]} "
+            f"warm): valid F RMSE scratch {statistics.median(c_f):.1f}, warm "
+            f"{statistics.median(w_f):.1f} meV/Å (medians); seconds scratch/warm = "
+            f"{statistics.median([c / w for c, w in zip(c_s, w_s, strict=True)]):.2f}x"
+        )
+    for factor in (1.0, 1.1):
+        ep_ratios, s_ratios, never = [], [], 0
+        for row in rows:
+            _, w_ep, w_s, c_ep, c_s = row[factor]
+            if w_ep is None:
+                never += 1
+                continue
+            # A warm run at target before any epoch costs 0 epochs: count it as 1.
+            ep_ratios.append(c_ep / max(w_ep, 1))
+            s_ratios.append(c_s / w_s)
+        if not s_ratios:
+            print(f"target {factor:g}x scratch best: warm runs never reached it")
+            continue
+        med_ep, med_s = statistics.median(ep_ratios), statistics.median(s_ratios)
+        out[factor] = (med_ep, med_s)
+        verdict = "MET" if med_s >= TARGET_RATIO else "MISSED"
+        print(
+            f"target {factor:g}x scratch best: scratch/warm epochs = {med_ep:.2f}x, "
+            f"seconds = {med_s:.2f}x (median of {len(s_ratios)} members; per member "
+            f"{', '.join(f'{r:.2f}' for r in s_ratios)}"
+            + (f"; {never} warm runs never reached it" if never else "")
+            + f") -> target >= {TARGET_RATIO:g}x in wall time: {verdict}"
+        )
+
+    return out
+
+
+def fmt(x: float | int | None, spec: str = ".1f") -> str:
+    return "never" if x is None else format(x, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=30, help="epoch budget of every run")
+    parser.add_argument("--n-sub", type=int, default=2)
+    parser.add_argument("--n-seed", type=int, default=2)
+    parser.add_argument("--n-initial", type=int, default=32)
+    parser.add_argument("--n-new", type=int, default=12)
+    parser.add_argument("--new-temperature", type=float, default=600.0)
+    parser.add_argument("--supercell", type=int, nargs=3, default=[2, 2, 2])
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per MACE run")
+    parser.add_argument("--preset", default="quick", help="training preset (tiny|quick|paper)")
+    parser.add_argument("--chgnet-device", default="cpu")
+    parser.add_argument("--warm-lr", type=float, default=None, help="default: the preset's")
+    args = parser.parse_args()
+
+    t0 = time.perf_counter()
+    initial, new, e0s = make_data(args)
+    n_atoms = len(initial[0].numbers)
+    print(
+        f"CuI {n_atoms} atoms, CHGNet labels: {len(initial)} initial frames (300 K) + "
+        f"{len(new)} new ({args.new_temperature:g} K), labelled in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    preset = TrainingSettings.preset(args.preset)
+    # The loop's own budgets (scratch, warm) for the "as configured" comparison.
+    budgets = (preset.max_num_epochs, preset.warm_start_epochs or preset.max_num_epochs)
+    settings = TrainingSettings.preset(
+        args.preset,
+        n_sub=args.n_sub,
+        n_seed=args.n_seed,
+        max_num_epochs=args.epochs,
+        warm_start_epochs=args.epochs,  # same budget: the curves show where each gets
+        num_threads=args.threads,
+        **({"warm_start_lr": args.warm_lr} if args.warm_lr else {}),
+    )
+    print(
+        f"preset {args.preset!r}: {settings.num_channels} channels, lr {settings.lr} "
+        f"(warm {settings.warm_start_lr or settings.lr}), {args.epochs} epochs per run, "
+        f"device {settings.resolved_device()}, {args.threads} thread(s)"
+    )
+    root = Path(tempfile.mkdtemp(prefix="training-cost-"))
+    pool = initial + new
+    rows = []
+    for s in range(args.n_sub):
+        for j in range(args.n_seed):
+            m = s * args.n_seed + j
+            seed = settings.member_seed(s, j)
+            old = split_subset(initial, s, args.n_sub, settings.seed, settings.valid_fraction)
+            parent, *_ = train(old, e0s, settings, seed, root / f"parent{m}")
+            grown = split_subset(pool, s, args.n_sub, settings.seed, settings.valid_fraction)
+            n_new_valid = sum(1 for f in grown[1] if f.info.get("new"))
+            # Interleaved: warm then scratch for each member.
+            _, w_wall, w_init, w_curve = train(
+                grown, e0s, settings, seed, root / f"warm{m}", parent
+            )
+            _, c_wall, c_init, c_curve = train(grown, e0s, settings, seed, root / f"scratch{m}")
+            best = min(r for _, r, _ in c_curve)
+            row = {"member": m, "n_train": len(grown[0]), "n_valid": len(grown[1])}
+            for factor in (1.0, 1.1):
+                target = factor * best
+                w_ep, w_s = cost_to_reach(target, w_init, w_curve, w_wall)
+                c_ep, c_s = cost_to_reach(target, c_init, c_curve, c_wall)
+                row[factor] = (target, w_ep, w_s, c_ep, c_s)
+            if max(budgets) <= args.epochs:
+                # As the loop runs them: scratch for budgets[0] epochs, warm for budgets[1].
+                row["budget"] = tuple(
+                    (min(r for _, r, _ in curve[:b]), wall - sum(t for _, _, t in curve[b:]))
+                    for curve, wall, b in (
+                        (c_curve, c_wall, budgets[0]),
+                        (w_curve, w_wall, budgets[1]),
+                    )
+                )
+            row["warm_initial"] = w_init
+            row["warm_best"] = min(r for _, r, _ in w_curve)
+            row["scratch_best"] = best
+            row["walls"] = (w_wall, c_wall)
+            rows.append(row)
+            print(
+                f"member {m}: {row['n_train']} train / {row['n_valid']} valid frames "
+                f"({n_new_valid} new); valid F RMSE (meV/Å) warm: start {w_init:.1f}, "
+                f"best {row['warm_best']:.1f}; scratch: start {c_init:.1f}, best {best:.1f}; "
+                f"runs {w_wall:.0f} s warm, {c_wall:.0f} s scratch"
+            )
+            for factor in (1.0, 1.1):
+                target, w_ep, w_s, c_ep, c_s = row[factor]
+                print(
+                    f"   to {target:.1f} meV/Å ({factor:g}x scratch best): warm "
+                    f"{fmt(w_ep, 'd')} epochs / {fmt(w_s)} s, scratch {fmt(c_ep, 'd')} epochs / "
+                    f"{fmt(c_s)} s"
+                )
+    print()
+    print_summary(rows, budgets, args.preset)
+
+
+if __name__ == "__main__":
+    main()
