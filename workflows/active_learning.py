@@ -102,6 +102,7 @@ class IterationRecord(Document):
     budget_limited: bool = Field(
         False, description="The shared label budget cut this iteration's selection short."
     )
+    n_blowups: int = Field(0, description="Explorations of this iteration that blew up.")
     test_mae_energy_meV_per_atom: float
     test_mae_forces_meV_per_A: float
     test_rmse_energy_meV_per_atom: float | None = None
@@ -437,6 +438,7 @@ def merge(
         "acceptance_fraction": n_accepted / n_scored if n_scored else 0.0,
         "calibration": calibration,
         "budget_limited": bool(budget_limited),
+        "n_blowups": sum(doc.stopped_by == "blowup" for doc in explorations),
     }
     return state.model_copy(
         update={
@@ -540,6 +542,7 @@ def decide(
                 "label_failure_reasons": pending.get("label_failure_reasons", []),
                 "acceptance_fraction": pending["acceptance_fraction"],
                 "budget_limited": pending.get("budget_limited", False),
+                "n_blowups": pending.get("n_blowups", 0),
                 "exploration_uuids": exploration_uuids,
                 "label_uuid": label_uuid,
                 "calibration": pending["calibration"],
@@ -735,7 +738,9 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
             f"campaign label budget spent: {shared.name if shared else 'the campaign'!r} "
             f"granted no labels for iteration {history[-2].iteration + 1}"
         )
-    if len(history) > 1 and history[-2].n_selected == 0:
+    if len(history) > 1 and history[-2].n_selected == 0 and history[-2].n_blowups == 0:
+        # (A blown-up exploration that selected nothing found something the ensemble gets
+        # badly wrong: not convergence. The next one starts again from the reference.)
         return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
     if state.iteration + 1 >= loop.max_iterations:
         return False, f"max_iterations ({loop.max_iterations}) reached"

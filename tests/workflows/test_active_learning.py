@@ -263,6 +263,22 @@ def test_stopping_rules():
     # Iteration cap.
     capped = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 2})
     assert stopping_reason(_state([50.0, 40.0], acceptance=0.5), capped)[1].startswith("max_iter")
+    # An exploration that selected nothing: converged, unless it blew up (then the
+    # ensemble got something badly wrong) or the shared budget granted nothing.
+    state = _state([50.0, 40.0], acceptance=0.0)
+    zero = state.history[0].model_copy(update={"n_selected": 0})
+    quiet = state.model_copy(update={"history": [zero, state.history[1]]})
+    assert stopping_reason(quiet, s) == (
+        True,
+        "converged: exploration accepted no frame (nothing unfamiliar was reached)",
+    )
+    blown = zero.model_copy(update={"n_blowups": 1})
+    assert (
+        stopping_reason(quiet.model_copy(update={"history": [blown, state.history[1]]}), s) is None
+    )
+    broke = zero.model_copy(update={"budget_limited": True})
+    spent = stopping_reason(quiet.model_copy(update={"history": [broke, state.history[1]]}), s)
+    assert spent[0] is False and spent[1].startswith("campaign label budget spent")
 
 
 def test_several_temperatures_explore_as_one_batched_job(tmp_path):
