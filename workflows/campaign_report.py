@@ -160,9 +160,9 @@ def write_report(
     flagged = [o for o in outcomes if o.flagged]
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, unit in (
-        (axes[0], "energy_meV_per_atom", "meV/atom"),
-        (axes[1], "forces_meV_per_A", "meV/Å"),
+    for ax, key, what, unit in (
+        (axes[0], "energy_meV_per_atom", "energy", "meV/atom"),
+        (axes[1], "forces_meV_per_A", "force", "meV/Å"),
     ):
         first = np.array([getattr(o, f"first_mae_{key}") for o in done], dtype=float)
         final = np.array([getattr(o, f"final_mae_{key}") for o in done if o.flagged], dtype=float)
@@ -172,7 +172,7 @@ def write_report(
             if final.size:
                 ax.hist(final, bins=bins, alpha=0.6, label="final (flagged)")
             ax.legend(fontsize=8)
-        ax.set_xlabel(f"test {key.split('_')[0]} MAE ({unit})")
+        ax.set_xlabel(f"test {what} MAE ({unit})")
         ax.set_ylabel("materials")
     save(
         fig,
