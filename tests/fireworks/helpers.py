@@ -126,12 +126,12 @@ def workflow_done(lp, campaign: str) -> bool:
 # The toy flow
 # ---------------------------------------------------------------------------------------
 @job(config=JobConfig(expose_store=True))
-def toy_label(items: list[int], delay: float, log: str) -> dict:
-    """'Label' each item (square it) unless the cache has it; log every computation."""
+def toy_label(items: list[int], delay: float, log: str, material: str = "") -> dict:
+    """'Label' each of ``material``'s items (square it) unless cached; log every computation."""
     cache = ResultCache.from_current_job()
     labels, reused = [], 0
     for x in items:
-        key = content_hash(["toy-label", x])
+        key = content_hash(["toy-label", material, x])
         hit = cache.get(key)
         if hit is not None:
             labels.append(hit["y"])
@@ -177,7 +177,7 @@ def toy_iteration(
 ) -> Flow:
     """One iteration; items overlap the previous iteration's by half (cache hits)."""
     items = list(range(iteration * n // 2, iteration * n // 2 + n))
-    label = toy_label(items, delay, log)
+    label = toy_label(items, delay, log, material)
     label.name = f"{material} it{iteration} label"
     tag(label, "labelling")
     train = toy_train(label.output, iteration)

@@ -5,11 +5,11 @@ Why a toy flow: the real loop trains MACE ensembles (about a minute per tiny mat
 orchestration under load -- many workflows submitted through ``to_workflow`` with the
 loop's routing categories, fireworks created at run time by a controller that replaces
 itself, four workers pulling concurrently from one database, labels cached by content
-in the job store -- and the toy flow below has exactly the loop's shape (label -> train
--> evaluate -> decide, decide replacing itself with the next iteration) and caching,
-at a fraction of a second per job. Every label actually computed is appended to a log,
-so a label computed twice (two workers running the same firework, a lost or repeated
-launch) shows as a repeated line.
+in the job store -- and the toy flow (``tests/fireworks/helpers.py``, labels keyed by
+material) has exactly the loop's shape (label -> train -> evaluate -> decide, decide
+replacing itself with the next iteration) and caching, at a fraction of a second per job.
+Every label actually computed is appended to a log, so a label computed twice (two
+workers running the same firework, a lost or repeated launch) shows as a repeated line.
 
 The workers reach jongodb through ``helpers_faults.TcpProxy`` with ``findAndModify``
 serialised: jongodb does not make that command atomic (four processes reserving 400
@@ -24,75 +24,23 @@ import time
 from collections import Counter
 
 import pytest
-from jobflow import Flow, JobConfig, Response, job
 
 from active_mlip.fw import load_launchpad, submit_flows
-from active_mlip.hashing import content_hash
-from active_mlip.stores import ResultCache
 from tests.fireworks.helpers import (
     start_worker,
     stop,
-    toy_evaluate,
-    toy_train,
+    toy_flow,
     wait_for,
     workflow_done,
     write_worker,
 )
 from tests.workflows.helpers_faults import TcpProxy
-from workflows.routing import RoutingTable, route, tag
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 N_MATERIALS = 50
 N_ITEMS = 4  # frames per iteration; iteration 1 shares half of them with iteration 0
 N_ITERATIONS = 2
-
-
-@job(config=JobConfig(expose_store=True))
-def load_label(material: str, items: list[int], log: str) -> dict:
-    """Label (square) each of ``material``'s frames unless cached; log each computation."""
-    cache = ResultCache.from_current_job()
-    labels, reused = [], 0
-    for x in items:
-        key = content_hash(["load-label", material, x])
-        hit = cache.get(key)
-        if hit is not None:
-            labels.append(hit["y"])
-            reused += 1
-            continue
-        with open(log, "a") as f:
-            f.write(f"{material}:{x}\n")
-        cache.put(key, "label", {"y": x * x})
-        labels.append(x * x)
-    return {"labels": labels, "n_labelled": len(labels), "n_failed": 0, "n_reused": reused}
-
-
-@job
-def load_decide(evaluation: dict, material: str, iteration: int, log: str) -> Response | dict:
-    if iteration + 1 >= N_ITERATIONS:
-        return {"stop": "max_iterations", **evaluation}
-    nxt = load_iteration(material, iteration + 1, log)
-    route(nxt, RoutingTable())
-    return Response(replace=nxt)
-
-
-def load_iteration(material: str, iteration: int, log: str) -> Flow:
-    start = iteration * N_ITEMS // 2
-    label = load_label(material, list(range(start, start + N_ITEMS)), log)
-    label.name = f"{material} it{iteration} label"
-    tag(label, "labelling")
-    train = toy_train(label.output, iteration)
-    train.name = f"{material} it{iteration} train"
-    tag(train, "training")
-    evaluate = toy_evaluate(train.output)
-    evaluate.name = f"{material} it{iteration} evaluate"
-    tag(evaluate, "evaluation")
-    decide = load_decide(evaluate.output, material, iteration, log)
-    decide.name = f"{material} it{iteration} decide"
-    tag(decide, "controller")
-    flow = Flow([label, train, evaluate, decide], output=decide.output, name=f"{material} load")
-    route(flow, RoutingTable())
-    return flow
 
 
 @pytest.fixture
@@ -108,12 +56,13 @@ def atomic_db(db_env, monkeypatch):
 def test_fifty_materials_four_workers(atomic_db, tmp_path):
     db_env = atomic_db
     lp = load_launchpad()
-    log = tmp_path / "labels.log"
     materials = [f"M{i:02d}" for i in range(N_MATERIALS)]
+    logs = {m: tmp_path / f"labels_{m}.log" for m in materials}  # one label log per material
     t0 = time.time()
-    result = submit_flows(
-        lp, "load", {m: (lambda m=m: load_iteration(m, 0, str(log)), "fp") for m in materials}
-    )
+    flows = {
+        m: (lambda m=m: toy_flow(m, logs[m], N_ITERATIONS, 0.0, N_ITEMS), "fp") for m in materials
+    }
+    result = submit_flows(lp, "load", flows)
     assert sorted(result.added) == materials
     submitted = lp.fireworks.count_documents({})
     t_submit = time.time() - t0
@@ -154,7 +103,7 @@ def test_fifty_materials_four_workers(atomic_db, tmp_path):
     assert len({la["fworker"]["name"] for la in launches}) == 4
 
     # Each (material, frame) labelled exactly once: 4 in iteration 0, 2 new in iteration 1.
-    computed = log.read_text().split()
+    computed = [f"{m}:{x}" for m, log in logs.items() for x in log.read_text().split()]
     twice = [k for k, n in Counter(computed).items() if n > 1]
     assert not twice, f"labels computed twice: {twice[:10]}"
     n_frames = (N_ITERATIONS - 1) * N_ITEMS // 2 + N_ITEMS
