@@ -135,13 +135,6 @@ class TrainingSettings(Document):
         description="Further mace run_train options, e.g. {'scheduler_patience': 20}.",
     )
 
-    @field_validator("n_sub", "n_seed")
-    @classmethod
-    def _at_least_one(cls, v: int, info: Any) -> int:
-        if v < 1:
-            raise ValueError(f"{info.field_name} must be >= 1, got {v}")
-        return v
-
     @field_validator("valid_fraction")
     @classmethod
     def _fraction(cls, v: float) -> float:
@@ -150,18 +143,21 @@ class TrainingSettings(Document):
         return v
 
     @field_validator(
-        "num_channels", "num_interactions", "num_radial_basis", "correlation", "batch_size"
+        "n_sub",
+        "n_seed",
+        "num_channels",
+        "num_interactions",
+        "num_radial_basis",
+        "correlation",
+        "batch_size",
+        "max_num_epochs",
+        "warm_start_epochs",
+        "patience",
+        "num_threads",
     )
     @classmethod
-    def _positive_int(cls, v: int, info: Any) -> int:
-        if v < 1:
-            raise ValueError(f"{info.field_name} must be >= 1, got {v}")
-        return v
-
-    @field_validator("max_num_epochs", "warm_start_epochs", "patience", "num_threads")
-    @classmethod
-    def _positive_opt(cls, v: int | None, info: Any) -> int | None:
-        if v is not None and v < 1:
+    def _at_least_one(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and v < 1:  # None: optional counts left to MACE's default
             raise ValueError(f"{info.field_name} must be >= 1, got {v}")
         return v
 
