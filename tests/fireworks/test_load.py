@@ -43,6 +43,18 @@ N_ITEMS = 4  # frames per iteration; iteration 1 shares half of them with iterat
 N_ITERATIONS = 2
 
 
+def _describe(lp, fw_ids: list[int]) -> str:
+    """Name, state history and launches of ``fw_ids``: what debugging a duplicate launch needs."""
+    lines = []
+    for fw_id in fw_ids:
+        fw = lp.fireworks.find_one({"fw_id": fw_id}, {"name": 1, "state": 1, "created_on": 1})
+        lines.append(f"fw {fw_id} {fw['name']!r} {fw['state']} created {fw['created_on']}")
+        for la in lp.launches.find({"fw_id": fw_id}):
+            history = [(h["state"], str(h.get("created_on"))) for h in la.get("state_history", [])]
+            lines.append(f"  launch {la['launch_id']} {la['fworker']['name']} {history}")
+    return "\n".join(lines)
+
+
 @pytest.fixture
 def atomic_db(db_env, monkeypatch):
     """``db_env``, with the server reached through a proxy that makes findAndModify atomic."""
@@ -93,9 +105,9 @@ def test_fifty_materials_four_workers(atomic_db, tmp_path):
         assert lp.fireworks.count_documents({"name": f"{m} it1 decide", "state": "COMPLETED"}) == 1
 
     # Every firework ran once, on a worker of its category; all four workers took part.
-    launches = list(lp.launches.find({}, {"fw_id": 1, "fworker": 1, "state": 1}))
+    launches = list(lp.launches.find({}, {"fw_id": 1, "fworker": 1, "state": 1, "time_start": 1}))
     twice = [k for k, n in Counter(la["fw_id"] for la in launches).items() if n > 1]
-    assert not twice, f"fireworks launched more than once: {twice}"
+    assert not twice, f"fireworks launched more than once: {_describe(lp, twice)}"
     assert len(launches) == n_fws and {la["state"] for la in launches} == {"COMPLETED"}
     category = {fw["fw_id"]: fw["spec"].get("_category") for fw in lp.fireworks.find({})}
     for la in launches:

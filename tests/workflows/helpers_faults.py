@@ -277,10 +277,15 @@ class TcpProxy:
     def _replies(self, src: socket.socket, dst: socket.socket, held: threading.Event) -> None:
         try:
             while (msg := _read_message(src)) is not None:
-                dst.sendall(msg)
-                if held.is_set():
-                    held.clear()
-                    self._command_lock.release()
+                # Decide before forwarding: once the client has this reply it may send
+                # its next serialised command, whose ``held`` this reply must not clear.
+                owned = held.is_set()
+                held.clear()
+                try:
+                    dst.sendall(msg)
+                finally:
+                    if owned:
+                        self._command_lock.release()
         except OSError:
             pass
         finally:
