@@ -6,8 +6,9 @@ times with different seeds. Every member is its own jobflow job, so a workflow
 manager (FireWorks) can run them side by side on GPU nodes; a gather job collects
 them into an :class:`~makers.schemas.EnsembleDocument`.
 
-MACE runs in a subprocess (``mace.cli.run_train``) so that its global state (default
-dtype, logging handlers, thread settings) never leaks into the worker. Trained
+MACE runs in a process of its own (``mace.cli.run_train``, forked warm by
+:mod:`makers.mace_runner`) so that its global state (default dtype, logging handlers,
+thread settings) never leaks into the worker. Trained
 members are cached by content (training data, labels, hyperparameters, seed, E0s and
 the parent model), so an interrupted run resumes without retraining.
 """
@@ -19,8 +20,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from active_mlip.documents import Document
 from active_mlip.frames import Frame
 from active_mlip.hashing import content_hash
 from active_mlip.stores import ResultCache
+from makers import mace_runner
 from makers.schemas import DATA_FIELDS, EnsembleDocument, MemberDocument
 
 logger = logging.getLogger(__name__)
@@ -65,23 +65,6 @@ _ARCHITECTURE_KEYS = (
 
 #: Settings that do not change the trained model (where and how fast it runs).
 _NON_MODEL_KEYS = {"device", "num_threads", "n_sub", "n_seed"}
-
-#: Runs MACE's trainer with TorchScript compilation disabled: run_train compiles a
-#: second copy of the model after training (seconds to tens of seconds on a CPU) and
-#: swallows any exception raised there; we only ever use the plain ``.model`` file.
-_RUNNER = """
-import sys
-from e3nn.util import jit
-
-def _no_compile(*args, **kwargs):
-    raise RuntimeError("compilation disabled by active-mlip")
-
-jit.compile = _no_compile
-from mace.cli.run_train import main
-
-sys.argv = ["mace_run_train", *sys.argv[1:]]
-main()
-"""
 
 
 class TrainingSettings(Document):
@@ -545,7 +528,7 @@ def run_mace_training(
     parent_model: Path | None = None,
     device: str | None = None,
 ) -> tuple[Path, dict[str, float]]:
-    """Train one MACE model in a subprocess; return the model file and its metrics.
+    """Train one MACE model in a process of its own; return the model file and its metrics.
 
     Parameters
     ----------
@@ -579,20 +562,17 @@ def run_mace_training(
 
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was requested but torch sees no CUDA device here")
-    cmd = [sys.executable, "-c", _RUNNER]
-    cmd += _mace_args(settings, workdir, seed, device, e0s, parent_model, len(train))
-    env = dict(os.environ)
-    threads = settings.num_threads or int(env.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
-    env["OMP_NUM_THREADS"] = str(threads)
-    env["MKL_NUM_THREADS"] = str(threads)
+    args = _mace_args(settings, workdir, seed, device, e0s, parent_model, len(train))
+    threads = (
+        settings.num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+    )
     log_path = workdir / "mace.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    returncode = mace_runner.run_train(args, workdir, log_path, threads)
     model_path = workdir / "member.model"
-    if proc.returncode != 0 or not model_path.is_file():
+    if returncode != 0 or not model_path.is_file():
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
         raise RuntimeError(
-            f"MACE training failed (exit code {proc.returncode}) in {workdir}; "
+            f"MACE training failed (exit code {returncode}) in {workdir}; "
             f"last lines of its log:\n{tail}"
         )
     return model_path, _read_metrics(workdir)

@@ -1,0 +1,129 @@
+"""Run MACE's trainer (``mace.cli.run_train``) in a process of its own, started warm.
+
+Every training run gets a fresh process, so MACE's global state (default dtype,
+logging handlers, thread settings) never leaks into the worker or into the next member.
+Starting that process with ``python -c`` costs ~5.5 s on a 2-core machine before MACE
+logs its first line -- importing torch, e3nn and MACE -- which is a fifth of a tiny
+member's training and more than a warm-started member's epochs
+(``benchmarks/training_cost.py``). A :mod:`multiprocessing` fork server that has
+imported them once forks each run from that state instead: a clean process, started in
+milliseconds.
+
+``ACTIVE_MLIP_MACE_LAUNCH=subprocess`` goes back to one ``python -c`` per run (e.g.
+where forking is unwelcome); the result is the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+#: Modules the fork server imports once; each run starts with them loaded.
+PRELOAD = ["torch", "e3nn.util.jit", "mace.cli.run_train"]
+
+#: Environment variable choosing how runs start: "forkserver" (default) or "subprocess".
+LAUNCH_ENV = "ACTIVE_MLIP_MACE_LAUNCH"
+
+_lock = threading.Lock()
+_context: multiprocessing.context.BaseContext | None = None
+
+
+def _forkserver() -> multiprocessing.context.BaseContext:
+    global _context
+    with _lock:
+        if _context is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(PRELOAD)
+            _context = ctx
+        return _context
+
+
+def launch_mode() -> str:
+    """How runs start: ``"forkserver"`` or ``"subprocess"`` (``ACTIVE_MLIP_MACE_LAUNCH``)."""
+    mode = os.environ.get(LAUNCH_ENV, "forkserver").strip().lower() or "forkserver"
+    if mode not in ("forkserver", "subprocess"):
+        raise ValueError(f"{LAUNCH_ENV}={mode!r}: expected 'forkserver' or 'subprocess'")
+    if mode == "forkserver" and "forkserver" not in multiprocessing.get_all_start_methods():
+        return "subprocess"
+    return mode
+
+
+def run_train(args: list[str], workdir: Path, log_path: Path, threads: int) -> int:
+    """Run ``mace_run_train ARGS`` in ``workdir`` with its output in ``log_path``.
+
+    Parameters
+    ----------
+    args
+        Command-line arguments of MACE's ``run_train``.
+    workdir
+        Working directory of the run.
+    log_path
+        File receiving the run's standard output and error.
+    threads
+        CPU threads (OpenMP/MKL) the run may use.
+
+    Returns
+    -------
+    int
+        The run's exit code (0 on success).
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if launch_mode() == "subprocess":
+        with open(log_path, "w") as log:
+            cmd = [sys.executable, "-c", _SCRIPT, *args]
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        return proc.returncode
+    proc = _forkserver().Process(
+        target=_child, args=(args, str(workdir), str(log_path), threads, env), daemon=False
+    )
+    proc.start()
+    proc.join()
+    return proc.exitcode if proc.exitcode is not None else 1
+
+
+def _main(args: list[str]) -> None:
+    """MACE's ``run_train`` with TorchScript compilation disabled.
+
+    run_train compiles a second copy of the model after training (seconds to tens of
+    seconds on a CPU) and swallows any exception raised there; we only ever use the
+    plain ``.model`` file.
+    """
+    from e3nn.util import jit
+
+    def _no_compile(*a: object, **k: object) -> None:
+        raise RuntimeError("compilation disabled by active-mlip")
+
+    jit.compile = _no_compile
+    from mace.cli.run_train import main
+
+    sys.argv = ["mace_run_train", *args]
+    main()
+
+
+def _child(args: list[str], workdir: str, log_path: str, threads: int, env: dict) -> None:
+    # The fork server's environment is the one it started with: take the caller's
+    # (CUDA_VISIBLE_DEVICES and the like are read when CUDA starts, i.e. after this).
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    sys.stdout.flush(), sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    os.chdir(workdir)
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        _main(args)
+    finally:
+        logging.shutdown()
+        sys.stdout.flush(), sys.stderr.flush()
+
+
+_SCRIPT = "import sys; from makers.mace_runner import _main; _main(sys.argv[1:])"

@@ -1,0 +1,41 @@
+"""How MACE training runs start: forked warm from a fork server, or a fresh ``python -c``.
+
+Both must give the same member (same seed, same data, same threads), and a bad launch
+setting must say what it expects.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from makers import mace_runner
+from makers.training import TrainingSettings, run_mace_training
+from tests.makers.test_training import E0S, emt_frames
+
+
+def test_launch_mode_reads_the_environment(monkeypatch):
+    monkeypatch.delenv(mace_runner.LAUNCH_ENV, raising=False)
+    assert mace_runner.launch_mode() == "forkserver"
+    monkeypatch.setenv(mace_runner.LAUNCH_ENV, " Subprocess ")
+    assert mace_runner.launch_mode() == "subprocess"
+    monkeypatch.setenv(mace_runner.LAUNCH_ENV, "fork")
+    with pytest.raises(ValueError, match="ACTIVE_MLIP_MACE_LAUNCH='fork'.*'forkserver' or"):
+        mace_runner.launch_mode()
+
+
+@pytest.mark.slow
+def test_forked_and_fresh_runs_train_the_same_member(tmp_path, monkeypatch):
+    frames = emt_frames(8)
+    settings = TrainingSettings.preset("tiny", max_num_epochs=4, num_threads=1)
+    metrics = {}
+    for mode in ("forkserver", "subprocess"):
+        monkeypatch.setenv(mace_runner.LAUNCH_ENV, mode)
+        model, metrics[mode] = run_mace_training(
+            frames[:6], frames[6:], E0S, settings, 7, tmp_path / mode, device="cpu"
+        )
+        assert model.is_file()
+        # MACE's own output reaches the run's log in both modes
+        assert "MACE version" in (tmp_path / mode / "mace.log").read_text()
+    assert metrics["forkserver"] and metrics["forkserver"].keys() == metrics["subprocess"].keys()
+    for key, value in metrics["subprocess"].items():
+        assert metrics["forkserver"][key] == pytest.approx(value, rel=1e-6), key
