@@ -106,9 +106,10 @@ def _main(args: list[str]) -> None:
 
 
 def _child(args: list[str], workdir: str, log_path: str, threads: int, env: dict) -> None:
-    # The fork server's environment is the one it started with: take the caller's
-    # (CUDA_VISIBLE_DEVICES and the like are read when CUDA starts, i.e. after this).
-    os.environ.clear()
+    # The fork server's environment is the one it started with, plus what the preloaded
+    # modules set on import (mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, which its
+    # foundation-model load needs): lay the caller's on top (CUDA_VISIBLE_DEVICES and the
+    # like are read when CUDA starts, i.e. after this).
     os.environ.update(env)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush(), sys.stderr.flush()

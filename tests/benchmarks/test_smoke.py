@@ -200,3 +200,17 @@ def test_find_ids_reads_a_range_or_a_list(jongodb):
     assert sorted(d["fw_id"] for d in got) == [1, 99]
     assert sent[-1]["fw_id"] == {"$in": [1, 50, 99]}
     assert _find_ids(Spy(), [], done, {"fw_id": 1}) == [] and len(sent) == 2
+
+
+@pytest.mark.slow
+def test_trainer_startup_times_both_start_methods(monkeypatch, capsys):
+    from benchmarks import trainer_startup
+
+    argv = ["trainer_startup.py", "--repeats", "1", "--epochs", "1", "--preset", "tiny"]
+    monkeypatch.setattr("sys.argv", [*argv, "--n-frames", "4"])
+    # the benchmark switches the variable itself; this makes monkeypatch restore it
+    monkeypatch.setenv("ACTIVE_MLIP_MACE_LAUNCH", "forkserver")
+    trainer_startup.main()
+    out = capsys.readouterr().out
+    assert "run 0 forkserver" in out and "run 0 subprocess" in out
+    assert "fresh / forked: wall time" in out

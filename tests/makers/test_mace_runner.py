@@ -36,6 +36,15 @@ def test_forked_and_fresh_runs_train_the_same_member(tmp_path, monkeypatch):
         assert model.is_file()
         # MACE's own output reaches the run's log in both modes
         assert "MACE version" in (tmp_path / mode / "mace.log").read_text()
-    assert metrics["forkserver"] and metrics["forkserver"].keys() == metrics["subprocess"].keys()
-    for key, value in metrics["subprocess"].items():
-        assert metrics["forkserver"][key] == pytest.approx(value, rel=1e-6), key
+    # warm starts too, from a caller that never imported mace (which sets the variable
+    # MACE's foundation-model load needs when mace is imported)
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    for mode in ("forkserver", "subprocess"):
+        monkeypatch.setenv(mace_runner.LAUNCH_ENV, mode)
+        _, metrics[f"warm {mode}"] = run_mace_training(
+            frames[:6], frames[6:], E0S, settings, 8, tmp_path / f"warm-{mode}", model, "cpu"
+        )
+    for a, b in (("forkserver", "subprocess"), ("warm forkserver", "warm subprocess")):
+        assert metrics[a] and metrics[a].keys() == metrics[b].keys()
+        for key, value in metrics[b].items():
+            assert metrics[a][key] == pytest.approx(value, rel=1e-6), (a, key)
