@@ -140,8 +140,7 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     uri = settings.resolved_uri()
     p = settings.prefix
     if uri:
-        from maggma.stores import MongoURIStore
-        from maggma.stores.gridfs import GridFSURIStore
+        from maggma.stores import GridFSStore, MongoStore
 
         db = os.environ.get(MONGO_DB_ENV, settings.database)
         kw = {"database": db}
@@ -149,9 +148,9 @@ def make_job_store(settings: StoreSettings) -> JobStore:
             kw["mongoclient_kwargs"] = {
                 "serverSelectionTimeoutMS": settings.server_selection_timeout_ms
             }
-        docs: Store = MongoURIStore(uri, f"{p}_jobs", **kw)
-        data: Store = GridFSURIStore(uri, f"{p}_data", **kw)
-        cache: Store = GridFSURIStore(
+        docs: Store = MongoStore.from_uri(uri, f"{p}_jobs", **kw)
+        data: Store = GridFSStore.from_uri(uri, f"{p}_data", **kw)
+        cache: Store = GridFSStore.from_uri(
             uri, f"{p}_cache", searchable_fields=["cache_key", "kind"], **kw
         )
     else:
