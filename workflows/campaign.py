@@ -18,7 +18,8 @@ settings (a preset plus overrides per section) and the routing table::
 ``settings: {screening: {enabled: true}}`` every material is screened first and only
 flagged ones continue with active learning.
 
-Structure paths are relative to the campaign file. Every error names the line of the
+Structure and trajectory (``loop.trajectory``) paths are relative to the campaign file.
+Every error names the line of the
 file it comes from (:func:`load_campaign`).
 """
 
@@ -211,6 +212,12 @@ def load_campaign(path: str | Path) -> tuple[Campaign, ActiveLearningSettings]:
         campaign = Campaign.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
         raise CampaignError(_located(exc, root, path, prefix=())) from exc
+    # Like structure files, an aiMD trajectory named in the file is relative to it.
+    loop = campaign.settings.get("loop")
+    if loop and isinstance(loop.get("trajectory"), str):
+        trajectory = Path(loop["trajectory"]).expanduser()
+        if not trajectory.is_absolute():
+            loop["trajectory"] = str(path.parent.resolve() / trajectory)
     try:
         settings = campaign.build_settings()
     except ValidationError as exc:

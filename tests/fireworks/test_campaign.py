@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,23 @@ def test_structure_paths_are_relative_to_the_campaign_file(tmp_path):
     campaign, _ = load_campaign(f)
     assert campaign.materials[0].name == "CuI2"
     assert get_structure(campaign.materials[0].source).num_sites == 8
+
+
+def test_trajectory_path_is_relative_to_the_campaign_file(tmp_path, monkeypatch):
+    (tmp_path / "c").mkdir()
+    f = _write(
+        tmp_path / "c",
+        """
+        name: x
+        materials: [CuI]
+        preset: tiny
+        settings:
+          loop: {initial: trajectory, trajectory: aimd/CuI.extxyz}
+        """,
+    )
+    monkeypatch.chdir(tmp_path)  # elsewhere than the file
+    _, settings = load_campaign(Path("c/campaign.yaml"))
+    assert settings.loop.trajectory == str(tmp_path / "c" / "aimd" / "CuI.extxyz")
+    absolute = tmp_path / "elsewhere.extxyz"
+    f.write_text(f.read_text().replace("aimd/CuI.extxyz", str(absolute)))
+    assert load_campaign(f)[1].loop.trajectory == str(absolute)
