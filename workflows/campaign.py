@@ -19,8 +19,7 @@ settings (a preset plus overrides per section) and the routing table::
 flagged ones continue with active learning.
 
 Structure and trajectory (``loop.trajectory``) paths are relative to the campaign file.
-Every error names the line of the
-file it comes from (:func:`load_campaign`).
+Every error names the line of the file it comes from (:func:`load_campaign`).
 """
 
 from __future__ import annotations
