@@ -124,6 +124,7 @@ def run(
 
     from active_mlip.blobs import CorruptArtifactError
     from active_mlip.stores import DatabaseUnreachableError
+    from makers import mace_runner
     from workflows.local import RunConflictError, run_local
 
     # Library deprecation chatter (jobflow, e3nn, chgnet) would bury the progress display.
@@ -141,6 +142,10 @@ def run(
         loop["max_iterations"] = max_iterations
     if seed is not None:
         loop["seed"] = seed
+    try:  # a bad ACTIVE_MLIP_MACE_LAUNCH fails now, not at the first ensemble member
+        mace_runner.launch_mode()
+    except ValueError as exc:
+        _fail(escape(str(exc)))
     if campaign is not None:
         if material is not None:
             _fail(f"give either a material ({material!r}) or --campaign, not both")

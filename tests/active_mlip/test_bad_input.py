@@ -407,3 +407,14 @@ def test_missing_worker_file_for_submit(tmp_path):
     out = CliRunner().invoke(app, ["submit", str(f), "--worker", str(tmp_path / "w.yaml")])
     assert out.exit_code == 2, (out.output, out.exception)
     assert "w.yaml'" in out.output and "do not exist" in one_line(out.output)
+
+
+def test_bad_mace_launch_setting_stops_run_before_anything_is_written(tmp_path):
+    out = run_cli(
+        ["CuI", "--preset", "tiny"], tmp_path / "run", env={"ACTIVE_MLIP_MACE_LAUNCH": "spawn"}
+    )
+    assert out.exit_code == 2, out.output
+    assert "ACTIVE_MLIP_MACE_LAUNCH='spawn': expected 'forkserver' or 'subprocess'" in one_line(
+        out.output
+    )
+    assert not (tmp_path / "run").exists()
