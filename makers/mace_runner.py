@@ -39,8 +39,32 @@ def _forkserver() -> multiprocessing.context.BaseContext:
         if _context is None:
             ctx = multiprocessing.get_context("forkserver")
             ctx.set_forkserver_preload(PRELOAD)
+            _start_quietly()
             _context = ctx
         return _context
+
+
+def _start_quietly() -> None:
+    """Start the fork server with its output going nowhere.
+
+    Its imports print warnings (e3nn's torch.load, MACE's missing cuEquivariance) that a
+    fresh ``python -c`` used to write into each run's log; the server would write them
+    to the user's terminal. Each run redirects its own output to its log.
+    """
+    from multiprocessing import forkserver
+
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        forkserver.ensure_running()  # spawns the server, which inherits 1 and 2 now
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (null, *saved):
+            os.close(fd)
 
 
 def launch_mode() -> str:

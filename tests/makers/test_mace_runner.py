@@ -6,11 +6,18 @@ setting must say what it expects.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from makers import mace_runner
 from makers.training import TrainingSettings, run_mace_training
 from tests.makers.test_training import E0S, emt_frames
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_launch_mode_reads_the_environment(monkeypatch):
@@ -48,3 +55,25 @@ def test_forked_and_fresh_runs_train_the_same_member(tmp_path, monkeypatch):
         assert metrics[a] and metrics[a].keys() == metrics[b].keys()
         for key, value in metrics[b].items():
             assert metrics[a][key] == pytest.approx(value, rel=1e-6), (a, key)
+
+
+@pytest.mark.slow
+def test_fork_server_keeps_its_import_warnings_off_the_terminal(tmp_path):
+    # A fresh process, so that its fork server starts here; MACE's own output goes to
+    # the run's log, and the server's import warnings go nowhere.
+    code = (
+        "import sys; from pathlib import Path; "
+        "from makers.training import TrainingSettings, run_mace_training; "
+        "from tests.makers.test_training import E0S, emt_frames; "
+        "f = emt_frames(4); s = TrainingSettings.preset('tiny', max_num_epochs=1); "
+        "run_mace_training(f[:3], f[3:], E0S, s, 1, Path(sys.argv[1]), device='cpu')"
+    )
+    env = {**os.environ, mace_runner.LAUNCH_ENV: "forkserver", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cuequivariance" not in proc.stderr + proc.stdout
+    assert "UserWarning" not in proc.stderr
+    assert "MACE version" in (tmp_path / "run" / "mace.log").read_text()
