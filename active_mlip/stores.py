@@ -161,9 +161,11 @@ def make_job_store(settings: StoreSettings) -> JobStore:
         path = Path(settings.local_path).resolve()
         path.mkdir(parents=True, exist_ok=True)
         kw: dict[str, Any] = {"database_path": str(path), "database_name": p, "storage": "sqlite"}
+        from active_mlip.payload_store import PayloadFileStore
+
         docs = MontyStore(f"{p}_jobs", **kw)
-        data = MontyStore(f"{p}_data", **kw)
-        cache = MontyStore(f"{p}_cache", key="cache_key", **kw)
+        data = PayloadFileStore(f"{p}_data", ["data"], **kw)
+        cache = PayloadFileStore(f"{p}_cache", ["payload"], key="cache_key", **kw)
     return BlobsFirstJobStore(docs, additional_stores={"data": data, "cache": cache})
 
 

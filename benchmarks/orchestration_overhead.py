@@ -1,7 +1,8 @@
 """Orchestration overhead: time outside labelling, training and MD, locally and on FireWorks.
 
 (a) Local: the ``tiny`` preset loop (``workflows.local.run_local``, 8-atom CuI, CHGNet
-    labels, 2 iterations) with every job timed. ``Job.run`` is wrapped so that each job's
+    labels, 2 iterations; ``--preset quick --max-iterations 2`` for 64-atom CuI) with
+    every job timed. ``Job.run`` is wrapped so that each job's
     own function time is measured apart from what jobflow does around it (resolving
     input references from the store, serialising the output, writing it to the store);
     what is left of the wall time is the manager's (``run_locally``: graph updates when a
@@ -159,7 +160,8 @@ def local_overhead(args) -> tuple[float, float]:
     from workflows.local import run_local
     from workflows.settings import ActiveLearningSettings
 
-    settings = ActiveLearningSettings.from_preset("tiny")
+    loop = {"max_iterations": args.max_iterations} if args.max_iterations else {}
+    settings = ActiveLearningSettings.from_preset(args.preset, **({"loop": loop} if loop else {}))
     if args.device:
         settings = settings.model_copy(
             update={"training": settings.training.model_copy(update={"device": args.device})}
@@ -173,7 +175,7 @@ def local_overhead(args) -> tuple[float, float]:
     recs = timer.records
     flow_wall = sum(r["gap"] + r["run"] for r in recs)
     print(
-        f"(a) local tiny preset: {len(recs)} jobs; run_local {total:.1f} s, of which the "
+        f"(a) local {args.preset} preset: {len(recs)} jobs; run_local {total:.1f} s, of which the "
         f"flow {flow_wall:.1f} s and flow building + exports {total - flow_wall:.1f} s"
     )
     if args.verbose:
@@ -356,6 +358,10 @@ def main() -> None:
     parser.add_argument("--work", type=float, default=0.1, help="seconds each job sleeps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=None, help="training device (default: preset's)")
+    parser.add_argument("--preset", default="tiny", help="settings preset of the local loop (a)")
+    parser.add_argument(
+        "--max-iterations", type=int, default=None, help="iterations of (a) (preset's default)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every job")
     args = parser.parse_args()
     if not args.skip_local:
