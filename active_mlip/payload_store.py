@@ -112,10 +112,11 @@ class PayloadFileStore(MontyStore):
         if properties:
             names = list(properties)
             wanted = {n.split(".")[0] for n in names} & set(self.payload_fields)
-            properties = [n for n in names if n.split(".")[0] not in wanted] + [POINTER]
+            properties = [n for n in names if n.split(".")[0] not in wanted]
+            properties += [POINTER] if wanted else []
         for doc in super().query(criteria, properties, sort, hint, skip, limit, **kwargs):
             pointer = doc.pop(POINTER, None)
-            if pointer and (wanted is None or wanted):
+            if pointer:
                 heavy = self._read(pointer)
                 doc.update({k: v for k, v in heavy.items() if wanted is None or k in wanted})
             yield doc

@@ -142,6 +142,18 @@ class Campaign(Document):
                 )
         return v
 
+    @field_validator("settings")
+    @classmethod
+    def _trajectory_path(
+        cls, v: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
+        """Like structure paths, ``loop.trajectory`` is relative to the campaign file."""
+        trajectory = v.get("loop", {}).get("trajectory")
+        if isinstance(trajectory, str) and not Path(trajectory).expanduser().is_absolute():
+            base = Path((info.context or {}).get("base_dir", "."))
+            v["loop"]["trajectory"] = str(base / trajectory)
+        return v
+
     def build_settings(self) -> ActiveLearningSettings:
         """The run settings every material of the campaign uses."""
         overrides: dict[str, Any] = {k: dict(v) for k, v in self.settings.items()}
@@ -211,12 +223,6 @@ def load_campaign(path: str | Path) -> tuple[Campaign, ActiveLearningSettings]:
         campaign = Campaign.model_validate(data, context={"base_dir": path.parent.resolve()})
     except ValidationError as exc:
         raise CampaignError(_located(exc, root, path, prefix=())) from exc
-    # Like structure files, an aiMD trajectory named in the file is relative to it.
-    loop = campaign.settings.get("loop")
-    if loop and isinstance(loop.get("trajectory"), str):
-        trajectory = Path(loop["trajectory"]).expanduser()
-        if not trajectory.is_absolute():
-            loop["trajectory"] = str(path.parent.resolve() / trajectory)
     try:
         settings = campaign.build_settings()
     except ValidationError as exc:
