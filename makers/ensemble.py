@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -179,6 +180,12 @@ class EnsembleCalculator(Calculator):
         it, for the energy uncertainty only (the mean energy stays absolute).
     compute_stress
         Whether members compute the stress (needed for NPT).
+    member_threads
+        Members evaluated concurrently, each in its own thread (its own autograd graph). On a
+        CPU a forward pass of a small MACE model is mostly per-operation overhead that leaves
+        cores idle; overlapping members recovers them (``benchmarks/exploration_throughput.py``
+        measures it). ``None``: one thread per member up to ``torch.get_num_threads()`` on a
+        CPU, 1 (members in turn) on a GPU. 1 evaluates members in turn.
 
     Notes
     -----
@@ -198,6 +205,7 @@ class EnsembleCalculator(Calculator):
         device: str = "cpu",
         reference_atoms: Atoms | None = None,
         compute_stress: bool = True,
+        member_threads: int | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -253,6 +261,13 @@ class EnsembleCalculator(Calculator):
         self.heads = heads
 
         self.compute_stress = bool(compute_stress)
+        if member_threads is None:
+            cpu = self.device == "cpu"
+            member_threads = min(len(self.models), torch.get_num_threads()) if cpu else 1
+        if member_threads < 1:
+            raise ValueError(f"member_threads must be >= 1, got {member_threads}")
+        self.member_threads = int(member_threads)
+        self._pool: ThreadPoolExecutor | None = None
         self.n_forward_passes = 0
         self.reference_energies: np.ndarray | None = None
         if reference_atoms is not None:
@@ -377,24 +392,40 @@ class EnsembleCalculator(Calculator):
         batch = torch_geometric.Batch.from_data_list(graphs)
         return batch if self.device == "cpu" else batch.to(self.device)
 
+    def _run_member(self, model: torch.nn.Module, batch) -> tuple:
+        """One member's energies, forces and stresses (NumPy, float64) on ``batch``."""
+        # A fresh copy per member: MACE's forward replaces positions/shifts in the dict and
+        # flags positions as requiring grad. Grad mode is per thread, so it is set here:
+        # forces are gradients even if the caller disabled grad.
+        data = batch.clone().to_dict()
+        with torch.enable_grad():
+            res = model(data, compute_stress=self.compute_stress, training=False)
+        energy = res["energy"].detach().to("cpu", torch.float64).numpy()
+        forces = res["forces"].detach().to("cpu", torch.float64).numpy()
+        s = res.get("stress") if self.compute_stress else None
+        stress = s.detach().to("cpu", torch.float64).numpy() if s is not None else None
+        return energy, forces, stress
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_pool"] = None  # threads are not copied; a copy starts its own pool
+        return state
+
     def _predict(self, atoms_list: Sequence[Atoms]) -> list[dict]:
         """Members' energies, forces, stresses for a list of structures (M passes)."""
         if not atoms_list:
             return []
         batch = self._batch(atoms_list)
-        energies, forces, stresses = [], [], []
-        with torch.enable_grad():  # forces are gradients even if the caller disabled grad
-            for model in self.models:
-                # A fresh copy per member: MACE's forward replaces positions/shifts in the dict
-                # and flags positions as requiring grad.
-                data = batch.clone().to_dict()
-                res = model(data, compute_stress=self.compute_stress, training=False)
-                self.n_forward_passes += 1
-                energies.append(res["energy"].detach().to("cpu", torch.float64).numpy())
-                forces.append(res["forces"].detach().to("cpu", torch.float64).numpy())
-                s = res.get("stress") if self.compute_stress else None
-                if s is not None:
-                    stresses.append(s.detach().to("cpu", torch.float64).numpy())
+        if self.member_threads > 1 and len(self.models) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.member_threads, "ensemble-member")
+            outputs = list(self._pool.map(lambda m: self._run_member(m, batch), self.models))
+        else:
+            outputs = [self._run_member(m, batch) for m in self.models]
+        self.n_forward_passes += len(self.models)
+        energies = [o[0] for o in outputs]
+        forces = [o[1] for o in outputs]
+        stresses = [o[2] for o in outputs if o[2] is not None]
         e = np.stack(energies)  # (M, G)
         f = np.stack(forces)  # (M, N_total, 3)
         s_all = np.stack(stresses) if len(stresses) == len(self.models) else None

@@ -160,6 +160,27 @@ def test_matches_mace_committee(mace_models, tmp_path):
     assert ours.results["uncertainty"]["force_mean"] == pytest.approx(sigma.mean(), rel=1e-8)
 
 
+def test_members_in_threads_equal_members_in_turn(mace_models):
+    """Concurrent members give bit-identical results, also when the caller disabled grad, and
+    a pickled copy starts its own pool."""
+    import pickle
+
+    structures = three_structures()
+    in_turn = EnsembleCalculator(mace_models, 4.0, [29, 53], member_threads=1)
+    threaded = EnsembleCalculator(mace_models, 4.0, [29, 53], member_threads=len(mace_models))
+    with torch.no_grad():
+        expected = in_turn.evaluate(structures)
+        got = threaded.evaluate(structures)
+    copy = pickle.loads(pickle.dumps(threaded))
+    again = copy.evaluate(structures)
+    for e, g, a in zip(expected, got, again, strict=True):
+        for key in ("member_energies", "member_forces", "member_stress"):
+            np.testing.assert_array_equal(g[key], e[key])
+            np.testing.assert_array_equal(a[key], e[key])
+    assert threaded.n_forward_passes == len(mace_models)
+    assert threaded._pool is not None and copy.member_threads == len(mace_models)
+
+
 def test_batched_evaluate_equals_separate_and_costs_m_passes(mace_models):
     calc = EnsembleCalculator(mace_models, r_max=4.0, atomic_numbers=[29, 53])
     structures = three_structures()
@@ -247,6 +268,8 @@ def test_inconsistent_members_rejected():
         )
     with pytest.raises(ValueError, match="at least one"):
         EnsembleCalculator([], r_max=4.0, atomic_numbers=[29, 53])
+    with pytest.raises(ValueError, match="member_threads must be >= 1, got 0"):
+        EnsembleCalculator([PairModel()], r_max=4.0, atomic_numbers=[29, 53], member_threads=0)
 
 
 # -- documents ---------------------------------------------------------------------------------
