@@ -311,7 +311,14 @@ def to_workflow(
         flow,
         store=store if store is not None else EnvJobStore(),
         name=f"{flow.name} [{campaign}]" if material in flow.name else f"{material} {flow.name}",
-        metadata={"campaign": campaign, "material": material, "fingerprint": fingerprint},
+        metadata={
+            "campaign": campaign,
+            "material": material,
+            "fingerprint": fingerprint,
+            # every job's hosts hold it: status tells this workflow's outputs from those of
+            # an earlier, deleted one of the same material
+            "flow_uuid": flow.uuid,
+        },
     )
 
 
@@ -415,59 +422,27 @@ class MaterialStatus:
 def campaign_status(
     lp: LaunchPad, campaign: str | None = None, store: JobStore | None = None
 ) -> list[MaterialStatus]:
-    """State of each material's workflow, read with projections only.
+    """State of each material's workflow, in two queries.
 
-    Iteration: the highest ``itN`` among completed evaluation/controller fireworks.
-    Labels and the latest test force MAE come from the job outputs in ``store`` (when
-    given): labels = labelled + failed frames of every labelling job.
+    The firework counts come from each workflow's ``fw_states`` (FireWorks keeps them with
+    every firework's state). Iteration, labels, the latest test force MAE and the screening
+    verdict come from the job outputs in ``store`` (when given), found by the campaign and
+    material every job carries in its metadata, so the fireworks (whose specs hold the
+    serialised jobs) are not read at all: iteration = the highest ``itN`` among finished
+    evaluation/controller jobs; labels = labelled + failed frames of every labelling job.
+    Without a store only the iteration is read, from the completed fireworks.
     """
     q = workflow_query(campaign) if campaign else {"metadata.campaign": {"$exists": True}}
     wfs = list(lp.workflows.find(q, {"metadata": 1, "state": 1, "nodes": 1, "fw_states": 1}))
-    # The counts come from each workflow's fw_states (FireWorks updates them with every
-    # firework's state), and only the completed fireworks status reads are fetched, in
-    # one query for all workflows: one query per workflow for all its fireworks took
-    # 5 s at 5,700 fireworks (benchmarks/campaign_scale.py).
-    fws_of: list[list[dict[str, Any]]] = [[] for _ in wfs]
-    owner: dict[int, int] = {}
-    for i, wf in enumerate(wfs):
-        for fw_id, state in (wf.get("fw_states") or {}).items():
-            if state == "COMPLETED":
-                owner[int(fw_id)] = i
-    projection = {"fw_id": 1, "state": 1, "name": 1, "spec.kind": 1, "spec._tasks.job.uuid": 1}
-    wanted = {"state": "COMPLETED", "spec.kind": {"$in": list(_STATUS_KINDS)}}
-    population = sum(len(wf["nodes"]) for wf in wfs)
-    for fw in _find_ids(lp.fireworks, list(owner), wanted, projection, population):
-        if fw["fw_id"] in owner:
-            fws_of[owner[fw["fw_id"]]].append(fw)
-    per_wf = []
-    for wf, fws in zip(wfs, fws_of, strict=True):
+    if store is not None:
+        summaries = _summaries_from_outputs(store, campaign, wfs)
+    else:
+        summaries = _iterations_from_fireworks(lp, wfs)
+    rows = []
+    for wf, (iteration, labels, mae, verdict) in zip(wfs, summaries, strict=True):
         counts: dict[str, int] = {}
         for state in (wf.get("fw_states") or {}).values():
             counts[state] = counts.get(state, 0) + 1
-        done = {_job_uuid(fw): fw for fw in fws}
-        iteration = max(
-            (
-                int(m.group(1))
-                for fw in done.values()
-                if fw["spec"]["kind"] in ("evaluation", "controller")
-                and (m := _IT_RE.search(fw["name"]))
-            ),
-            default=None,
-        )
-        per_wf.append((wf, counts, done, iteration))
-    outputs: list[dict[str, Any]] = []
-    if store is not None:
-        uuids = [u for _, _, done, _ in per_wf for u in done if u]
-        outputs = _fetch_outputs(store, uuids)
-    wf_of_uuid = {u: i for i, (_, _, done, _) in enumerate(per_wf) for u in done if u}
-    docs_of: list[list[dict[str, Any]]] = [[] for _ in per_wf]
-    for doc in outputs:  # in the store's order, as one query per workflow returned them
-        docs_of[wf_of_uuid[doc["uuid"]]].append(doc)
-    rows = []
-    for (wf, counts, done, iteration), docs in zip(per_wf, docs_of, strict=True):
-        labels, mae, verdict = 0, None, None
-        if store is not None and done:
-            labels, mae, verdict = _summarise_outputs(docs, done)
         rows.append(
             MaterialStatus(
                 campaign=wf["metadata"]["campaign"],
@@ -483,12 +458,65 @@ def campaign_status(
     return sorted(rows, key=lambda r: (r.campaign, r.material))
 
 
+_Summary = tuple[int | None, int, float | None, str | None]
+
+
+def _summaries_from_outputs(
+    store: JobStore, campaign: str | None, wfs: list[dict[str, Any]]
+) -> list[_Summary]:
+    """(iteration, labels, test force MAE, verdict) of each workflow, from one store query.
+
+    The first version read the completed fireworks and then their outputs: at 5,700
+    fireworks the fireworks query alone took 1.3-2.5 s on the wire-protocol test server,
+    which sends whole documents (benchmarks/campaign_scale.py).
+    """
+    crit: dict[str, Any] = {"metadata.kind": {"$in": list(_STATUS_KINDS)}}
+    crit["metadata.campaign"] = campaign if campaign else {"$exists": True}
+    props = [
+        "uuid",
+        "name",
+        "hosts",
+        "metadata.campaign",
+        "metadata.material",
+        "metadata.kind",
+        "output.n_labelled",
+        "output.n_failed",
+        "output.mae_forces_meV_per_A",
+        "output.verdict",
+    ]
+    docs_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for doc in store.docs_store.query(criteria=crit, properties=props):
+        meta = doc.get("metadata") or {}
+        docs_of.setdefault((meta.get("campaign"), meta.get("material")), []).append(doc)
+    out = []
+    for wf in wfs:
+        meta = wf["metadata"]
+        docs = docs_of.get((meta["campaign"], meta["material"]), [])
+        flow_uuid = meta.get("flow_uuid")
+        if flow_uuid:  # outputs of an earlier, deleted workflow of the material do not count
+            docs = [d for d in docs if flow_uuid in (d.get("hosts") or [])]
+        out.append(_summarise_outputs(docs))
+    return out
+
+
+def _iterations_from_fireworks(lp: LaunchPad, wfs: list[dict[str, Any]]) -> list[_Summary]:
+    """(iteration, 0, None, None) of each workflow, from its completed fireworks' names."""
+    owner: dict[int, int] = {}
+    for i, wf in enumerate(wfs):
+        for fw_id, state in (wf.get("fw_states") or {}).items():
+            if state == "COMPLETED":
+                owner[int(fw_id)] = i
+    wanted = {"state": "COMPLETED", "spec.kind": {"$in": ["evaluation", "controller"]}}
+    population = sum(len(wf["nodes"]) for wf in wfs)
+    best: dict[int, int] = {}
+    for fw in _find_ids(lp.fireworks, list(owner), wanted, {"fw_id": 1, "name": 1}, population):
+        i = owner.get(fw["fw_id"])
+        if i is not None and (m := _IT_RE.search(fw["name"])):
+            best[i] = max(best.get(i, -1), int(m.group(1)))
+    return [(best.get(i), 0, None, None) for i in range(len(wfs))]
+
+
 _STATUS_KINDS = ("labelling", "evaluation", "controller")
-
-
-def _job_uuid(fw: dict[str, Any]) -> str | None:
-    tasks = fw.get("spec", {}).get("_tasks") or [{}]
-    return (tasks[0].get("job") or {}).get("uuid")
 
 
 #: Most values in one ``$in`` query (a MongoDB command is at most 16 MB).
@@ -522,43 +550,27 @@ def _find_ids(
     return out
 
 
-def _fetch_outputs(store: JobStore, uuids: list[str]) -> list[dict[str, Any]]:
-    """The output fields status reads, of the jobs ``uuids`` (every index), in store order."""
-    props = [
-        "uuid",
-        "output.n_labelled",
-        "output.n_failed",
-        "output.mae_forces_meV_per_A",
-        "output.verdict",
-    ]
-    out: list[dict[str, Any]] = []
-    for i in range(0, len(uuids), _IN_CHUNK):
-        crit = {"uuid": {"$in": uuids[i : i + _IN_CHUNK]}}
-        out += store.docs_store.query(criteria=crit, properties=props)
-    return out
-
-
-def _summarise_outputs(
-    outputs: list[dict[str, Any]], done: dict[str | None, dict]
-) -> tuple[int, float | None, str | None]:
-    """Labels, latest test force MAE and verdict from one workflow's job outputs."""
+def _summarise_outputs(outputs: list[dict[str, Any]]) -> _Summary:
+    """Iteration, labels, latest test force MAE and verdict from one workflow's job outputs."""
     labels = 0
     verdict = None
+    iteration: int | None = None
     best: tuple[int, float] | None = None
     for doc in outputs:
         out = doc.get("output") or {}
-        fw = done.get(doc["uuid"], {})
-        kind = fw.get("spec", {}).get("kind")
+        kind = (doc.get("metadata") or {}).get("kind")
+        m = _IT_RE.search(doc.get("name") or "")
+        it = int(m.group(1)) if m else -1
         if isinstance(out.get("verdict"), str):  # the screening verdict job
             verdict = out["verdict"]
         if kind == "labelling" and isinstance(out.get("n_labelled"), int):
             labels += out["n_labelled"] + int(out.get("n_failed") or 0)
+        if kind in ("evaluation", "controller") and m:
+            iteration = it if iteration is None else max(iteration, it)
         if kind == "evaluation" and out.get("mae_forces_meV_per_A") is not None:
-            m = _IT_RE.search(fw.get("name", ""))
-            it = int(m.group(1)) if m else -1
             if best is None or it >= best[0]:
                 best = (it, float(out["mae_forces_meV_per_A"]))
-    return labels, None if best is None else best[1], verdict
+    return iteration, labels, None if best is None else best[1], verdict
 
 
 # ---------------------------------------------------------------------------------------

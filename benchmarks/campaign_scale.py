@@ -141,7 +141,14 @@ def fill_and_complete(
     done = list(
         lp.fireworks.find(
             {"spec.kind": {"$in": list(kinds)}},
-            {"fw_id": 1, "spec.kind": 1, "spec._tasks.job.uuid": 1, "name": 1},
+            {
+                "fw_id": 1,
+                "spec.kind": 1,
+                "name": 1,
+                "spec._tasks.job.uuid": 1,
+                "spec._tasks.job.metadata": 1,
+                "spec._tasks.job.hosts": 1,
+            },
         )
     )
     ids = [d["fw_id"] for d in done]
@@ -158,12 +165,16 @@ def fill_and_complete(
         "evaluation": {"mae_forces_meV_per_A": 42.0},
         "controller": {"stop": None},
     }
+    # What jobflow's Job.run writes (JobStoreDocument), the job's metadata and hosts included.
     docs = [
         {
             "uuid": d["spec"]["_tasks"][0]["job"]["uuid"],
             "index": 1,
             "name": d["name"],
             "output": outputs[d["spec"]["kind"]],
+            "completed_at": "2026-11-24T12:00:00",
+            "metadata": d["spec"]["_tasks"][0]["job"]["metadata"],
+            "hosts": d["spec"]["_tasks"][0]["job"]["hosts"],
         }
         for d in done
     ]
