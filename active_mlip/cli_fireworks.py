@@ -85,8 +85,24 @@ def submit(
         console.print(f"[dim]already submitted[/dim] {campaign.name}/{material}")
     for msg in result.conflicts:
         console.print(f"[yellow]not added[/yellow] {msg}", soft_wrap=True)
+    _index_outputs(timeout)
     if result.conflicts:
         raise typer.Exit(code=1)
+
+
+def _index_outputs(timeout: float) -> None:
+    """Index the job store for ``status``; a store that cannot be reached is only warned of."""
+    from active_mlip.fw import DatabaseUnreachableError, client_job_store, ensure_output_indexes
+
+    try:
+        store = client_job_store(timeout_ms=int(timeout * 1000))
+    except (ValueError, DatabaseUnreachableError) as exc:
+        console.print(f"[yellow]warning:[/yellow] job store not indexed ({exc})", soft_wrap=True)
+        return
+    try:
+        ensure_output_indexes(store)
+    finally:
+        store.close()
 
 
 @app.command()

@@ -461,6 +461,15 @@ def campaign_status(
 _Summary = tuple[int | None, int, float | None, str | None]
 
 
+def ensure_output_indexes(store: JobStore) -> None:
+    """Index the job documents by campaign, the field status queries (idempotent).
+
+    jobflow indexes only ``uuid`` and ``index``; without this index MongoDB scans every job
+    document of every campaign for each ``active-mlip status``.
+    """
+    store.docs_store.ensure_index("metadata.campaign")
+
+
 def _summaries_from_outputs(
     store: JobStore, campaign: str | None, wfs: list[dict[str, Any]]
 ) -> list[_Summary]:

@@ -183,10 +183,11 @@ def fill_and_complete(
 
 
 def print_transfer(lp) -> None:
-    """What the status query makes the server scan and send, and what MongoDB would send.
+    """What status's former fireworks query made the server scan and send (for the record).
 
     jongodb ignores find projections (it returns whole documents), so the fireworks
-    status reads arrive with their full specs (the serialised jobs).
+    status read before session 4 arrived with their full specs (the serialised jobs);
+    status now reads the job outputs by their metadata instead.
     """
     import bson
 
@@ -218,7 +219,7 @@ def print_transfer(lp) -> None:
         for d in docs
     )
     print(
-        f"status reads {n} completed fireworks: the server's scan (count_documents) "
+        f"former status read of {n} completed fireworks: the server's scan (count_documents) "
         f"{scan:.2f} s, the find {fetch:.2f} s; jongodb sends {full / 1e6:.1f} MB (all fields, "
         f"{len(docs[0]) if docs else 0} top-level keys despite a projection to fw_id), a "
         f"projection-honouring MongoDB {projected / 1e6:.2f} MB"

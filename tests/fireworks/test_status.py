@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 from jobflow import Flow, job
 
-from active_mlip.fw import campaign_status, client_job_store, load_launchpad, submit_flows
+from active_mlip.fw import (
+    campaign_status,
+    client_job_store,
+    ensure_output_indexes,
+    load_launchpad,
+    submit_flows,
+)
 from workflows.routing import tag
 
 
@@ -97,3 +103,15 @@ def test_status_counts_this_workflows_outputs_only(db_env):
     (cui,) = [r for r in campaign_status(lp, "c1", None) if r.material == "CuI"]
     assert (cui.iteration, cui.labels, cui.test_force_mae) == (0, 0, None)
     assert cui.counts["COMPLETED"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_output_index_is_created_once(db_env):
+    store = client_job_store()
+    ensure_output_indexes(store)
+    ensure_output_indexes(store)  # idempotent
+    keys = [
+        [k for k, _ in ix["key"]]
+        for ix in store.docs_store._collection.index_information().values()
+    ]
+    assert keys.count(["metadata.campaign"]) == 1
