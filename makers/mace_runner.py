@@ -15,12 +15,14 @@ where forking is unwelcome); the result is the same.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 #: Modules the fork server imports once; each run starts with them loaded.
@@ -102,12 +104,43 @@ def run_train(args: list[str], workdir: Path, log_path: Path, threads: int) -> i
             cmd = [sys.executable, "-c", _SCRIPT, *args]
             proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir)
         return proc.returncode
-    proc = _forkserver().Process(
-        target=_child, args=(args, str(workdir), str(log_path), threads, env), daemon=False
-    )
-    proc.start()
+    return run_forked(_child, args, str(workdir), str(log_path), threads, env)
+
+
+def run_forked(target: Callable[..., object], *args: object) -> int:
+    """Run ``target(*args)`` in a process forked from the warm fork server; its exit code.
+
+    ``target`` must be importable by name (a module-level function). The child does not
+    import the caller's ``__main__``: multiprocessing would re-run a script that has no
+    ``if __name__ == "__main__":`` guard in every child (run_local called from such a
+    script would start again inside each member's training), and ``target`` needs
+    nothing from it.
+    """
+    proc = _forkserver().Process(target=target, args=args, daemon=False)
+    with _lock, _main_not_imported():
+        proc.start()
     proc.join()
     return proc.exitcode if proc.exitcode is not None else 1
+
+
+@contextlib.contextmanager
+def _main_not_imported() -> Iterator[None]:
+    """Leave the caller's main module out of the data a starting child prepares from."""
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def without_main(name: str) -> dict:
+        data = original(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+    spawn.get_preparation_data = without_main
+    try:
+        yield
+    finally:
+        spawn.get_preparation_data = original
 
 
 def _main(args: list[str]) -> None:

@@ -77,3 +77,28 @@ def test_fork_server_keeps_its_import_warnings_off_the_terminal(tmp_path):
     assert "cuequivariance" not in proc.stderr + proc.stdout
     assert "UserWarning" not in proc.stderr
     assert "MACE version" in (tmp_path / "run" / "mace.log").read_text()
+
+
+@pytest.mark.slow
+def test_unguarded_script_is_not_rerun_in_the_child(tmp_path):
+    """A user's script without ``if __name__ == "__main__":`` runs once, not once per run.
+
+    Without the fix, each forked child imported the script as ``__mp_main__`` and ran it
+    again (a run_local in such a script failed every member's training).
+    """
+    marker = tmp_path / "ran.txt"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"open({str(marker)!r}, 'a').write('ran\\n')\n"
+        "from makers.mace_runner import run_forked\n"
+        "print('exit', run_forked(time.sleep, 0), run_forked(time.sleep, 0))\n"
+    )
+    env = {**os.environ, mace_runner.LAUNCH_ENV: "forkserver"}
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "exit 0 0" in proc.stdout
+    assert marker.read_text() == "ran\n"
