@@ -184,8 +184,9 @@ class EnsembleCalculator(Calculator):
         Members evaluated concurrently, each in its own thread (its own autograd graph). On a
         CPU a forward pass of a small MACE model is mostly per-operation overhead that leaves
         cores idle; overlapping members recovers them (``benchmarks/exploration_throughput.py``
-        measures it). ``None``: one thread per member up to ``torch.get_num_threads()`` on a
-        CPU, 1 (members in turn) on a GPU. 1 evaluates members in turn.
+        measures it). ``None``: 2 on a CPU with at least 2 torch threads (the setting
+        measured; more threads contend for the GIL and, with many-core OpenMP teams, for
+        the cores), 1 (members in turn) on a GPU. 1 evaluates members in turn.
 
     Notes
     -----
@@ -263,7 +264,7 @@ class EnsembleCalculator(Calculator):
         self.compute_stress = bool(compute_stress)
         if member_threads is None:
             cpu = self.device == "cpu"
-            member_threads = min(len(self.models), torch.get_num_threads()) if cpu else 1
+            member_threads = min(len(self.models), torch.get_num_threads(), 2) if cpu else 1
         if member_threads < 1:
             raise ValueError(f"member_threads must be >= 1, got {member_threads}")
         self.member_threads = int(member_threads)
