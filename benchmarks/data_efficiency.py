@@ -128,7 +128,7 @@ def log(msg: str) -> None:
 
 
 def settings_for(
-    size: dict[str, Any], temperature: float, seed: int, shift: float
+    size: dict[str, Any], temperatures: list[float], seed: int, shift: float
 ) -> ActiveLearningSettings:
     """The quick preset at this size; the loop never stops early by convergence."""
     training: dict[str, Any] = {"n_sub": size["n_sub"], "n_seed": size["n_seed"]}
@@ -137,7 +137,7 @@ def settings_for(
     return ActiveLearningSettings.from_preset(
         "quick",
         loop={
-            "temperatures": [temperature],
+            "temperatures": list(temperatures),
             "supercell": SUPERCELL,
             "n_initial": size["n_initial"],
             "n_test": size["n_test"],
@@ -341,13 +341,15 @@ def random_mlip_md(
     first: EnsembleDocument,
     e0s: dict[str, float],
     reference: Frame,
-    temperature: float,
+    temperatures: list[float],
     scorer: Any,
     target: float,
 ) -> list[dict]:
     """(b): MLIP-MD with the current ensemble, frames drawn at random, no selection.
 
-    Stops at the first round whose ensemble reaches ``target`` (force MAE, meV/Å).
+    One MLIP-MD per temperature each round (each continuing from its last frame); the
+    frames are drawn uniformly from all their scored frames. Stops at the first round
+    whose ensemble reaches ``target`` (force MAE, meV/Å).
     """
     from makers.ensemble import EnsembleCalculator
     from makers.exploration import run_exploration
@@ -361,7 +363,7 @@ def random_mlip_md(
     )
     md = settings.exploration.model_copy(update={"sample_every": 1})
     pool, ensemble = list(initial), first
-    start = reference.unlabelled(temperature=temperature)
+    starts = {t: reference.unlabelled(temperature=t) for t in temperatures}
     points = [{"labels": len(pool), **scorer(ensemble)}]
     rng = np.random.default_rng(settings.loop.seed + 7)
     for r, n_labels in enumerate(schedule[1:], start=1):
@@ -369,12 +371,15 @@ def random_mlip_md(
             break
         t0 = time.perf_counter()
         calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
-        doc = run_exploration(
-            calc, start, never, temperature, 1, md, settings.selection, seed=1000 + r
-        )
-        if doc.stopped_by != "blowup":
-            start = doc.last_frame
-        samples = [f for f in doc.samples if f.structure_hash() not in _hashes(pool)]
+        docs = []
+        for k, t in enumerate(temperatures):
+            seed = 1000 + r + 100 * k
+            doc = run_exploration(calc, starts[t], never, t, 1, md, settings.selection, seed=seed)
+            if doc.stopped_by != "blowup":
+                starts[t] = doc.last_frame
+            docs.append(doc)
+        known = _hashes(pool)
+        samples = [f for d in docs for f in d.samples if f.structure_hash() not in known]
         take = min(n_labels - len(pool), len(samples))
         picked = [samples[i] for i in sorted(rng.choice(len(samples), take, replace=False))]
         frames = [f.model_copy(update={"info": {"source": "random-mlip-md"}}) for f in picked]
@@ -383,8 +388,9 @@ def random_mlip_md(
         ensemble = train(store, pool, settings, e0s, ensemble, reference)
         points.append({"labels": len(pool), **scorer(ensemble)})
         log(
-            f"random MLIP-MD round {r}: {doc.n_steps} MD steps ({doc.stopped_by}), "
-            f"{len(doc.samples)} frames scored, {take} drawn, {len(pool)} labels, force MAE "
+            f"random MLIP-MD round {r}: "
+            + ", ".join(f"{d.temperature:g} K {d.n_steps} steps ({d.stopped_by})" for d in docs)
+            + f", {len(samples)} frames scored, {take} drawn, {len(pool)} labels, force MAE "
             f"{points[-1]['mae_forces']:.1f} meV/Å ({time.perf_counter() - t0:.0f} s)"
         )
     return points
@@ -394,17 +400,30 @@ def _hashes(frames: list[Frame]) -> set[str]:
     return {f.structure_hash() for f in frames}
 
 
+class Interleaved:
+    """The first n frames of several reference MDs taken in turn (a0, b0, a1, b1, ...)."""
+
+    def __init__(self, trajectories: list[ReferenceMD]):
+        self.trajectories = trajectories
+
+    def first(self, n: int) -> list[Frame]:
+        k = len(self.trajectories)
+        per = [t.first(-(-(n - i) // k)) if n > i else [] for i, t in enumerate(self.trajectories)]
+        out = [per[i % k][i // k] for i in range(n)]
+        return out
+
+
 def consecutive_reference_md(
     store: Any,
     settings: ActiveLearningSettings,
     schedule: list[int],
-    trajectory: ReferenceMD,
+    trajectory: ReferenceMD | Interleaved,
     e0s: dict[str, float],
     reference: Frame,
     scorer: Any,
     target: float,
 ) -> list[dict]:
-    """(c): the first N frames of a reference MD at T as training data, growing N.
+    """(c): the first N frames of a reference MD at T (or of several, in turn), growing N.
 
     Stops at the first N whose ensemble reaches ``target`` (force MAE, meV/Å).
     """
@@ -486,6 +505,15 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--temperature", type=float, default=300.0, help="training T (K)")
     parser.add_argument("--held-factor", type=float, default=1.5, help="held-out T / T")
+    parser.add_argument(
+        "--explore-factors",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        help="sampling temperatures of all three strategies, as multiples of T "
+        "(e.g. 1 1.5: the loop explores, random MLIP-MD runs and the reference MD runs at "
+        "both T and 1.5 T)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--shift",
@@ -508,7 +536,8 @@ def main() -> None:
     size = SIZES[args.size]
     workdir = (args.workdir or Path(f"runs/bench-data-efficiency-{args.size}")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = settings_for(size, args.temperature, args.seed, args.shift)
+    temps = [f * args.temperature for f in args.explore_factors]
+    settings = settings_for(size, temps, args.seed, args.shift)
     t_start = time.perf_counter()
     reference = ground_state()
     dt, every = settings.exploration.timestep_fs, settings.exploration.loginterval
@@ -517,7 +546,7 @@ def main() -> None:
         f"{MATERIAL} {len(reference.numbers)} atoms, reference CHGNet, training T = "
         f"{args.temperature:g} K, held-out T = {held_t:g} K, size {args.size}, "
         f"M = {settings.training.n_members} members, seed {args.seed}, selection shift "
-        f"{args.shift:g}"
+        f"{args.shift:g}, sampling at {', '.join(f'{t:g}' for t in temps)} K"
     )
 
     # Held-out reference trajectory at 1.5 T.
@@ -569,20 +598,24 @@ def main() -> None:
         al_points[0]["ensemble"],
         e0s,
         reference,
-        args.temperature,
+        temps,
         scorer,
         target,
     )
 
-    # (c) consecutive reference-MD frames at T
-    traj = ReferenceMD(
-        workdir / "reference_md.extxyz",
-        args.temperature,
-        dt,
-        size["ref_equilibration"],
-        every,
-        seed=args.seed + 202,
-    )
+    # (c) consecutive reference-MD frames at T (and the other sampling temperatures, in turn)
+    trajs = [
+        ReferenceMD(
+            workdir / ("reference_md.extxyz" if k == 0 else f"reference_md_{t:g}K.extxyz"),
+            t,
+            dt,
+            size["ref_equilibration"],
+            every,
+            seed=args.seed + 202 + 10 * k,  # never the held-out trajectory's seed (+101)
+        )
+        for k, t in enumerate(temps)
+    ]
+    traj = trajs[0] if len(trajs) == 1 else Interleaved(trajs)
     ref_curve = consecutive_reference_md(
         store, settings, schedule, traj, e0s, reference, scorer, target
     )
@@ -651,7 +684,8 @@ def main() -> None:
         "counted by the loop, plus the force-constant single points of the initial data"
     )
     title = (
-        f"{MATERIAL} 64 atoms, CHGNet reference, trained at {args.temperature:g} K, held out "
+        f"{MATERIAL} 64 atoms, CHGNet reference, sampled at "
+        f"{'/'.join(f'{t:g}' for t in temps)} K, held out "
         f"{held_t:g} K ({int((n_off > 0).sum())}/{len(held)} frames with Cu off site, "
         f"{n_off.mean() / n_cu:.0%} of Cu atoms); "
         f"size {args.size}, M = {settings.training.n_members}, shift {args.shift:g}\n"
@@ -665,6 +699,7 @@ def main() -> None:
         "seed": args.seed,
         "shift": args.shift,
         "temperature": args.temperature,
+        "sampling_temperatures": temps,
         "held_out_temperature": held_t,
         "held_out_frames": len(held),
         "excursion_frames": int((n_off > 0).sum()),
