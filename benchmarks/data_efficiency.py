@@ -128,9 +128,20 @@ def log(msg: str) -> None:
 
 
 def settings_for(
-    size: dict[str, Any], temperatures: list[float], seed: int, shift: float
+    size: dict[str, Any],
+    temperatures: list[float],
+    seed: int,
+    shift: float,
+    trajectory: Path | None = None,
 ) -> ActiveLearningSettings:
-    """The quick preset at this size; the loop never stops early by convergence."""
+    """The quick preset at this size; the loop never stops early by convergence.
+
+    With ``trajectory`` the loop's initial training and test frames come from that
+    (reference-MD) file instead of harmonic sampling.
+    """
+    start: dict[str, Any] = {}
+    if trajectory is not None:
+        start = {"initial": "trajectory", "trajectory": str(trajectory)}
     training: dict[str, Any] = {"n_sub": size["n_sub"], "n_seed": size["n_seed"]}
     if "epochs" in size:
         training["max_num_epochs"], training["warm_start_epochs"] = size["epochs"]
@@ -138,6 +149,7 @@ def settings_for(
         "quick",
         loop={
             "temperatures": list(temperatures),
+            **start,
             "supercell": SUPERCELL,
             "n_initial": size["n_initial"],
             "n_test": size["n_test"],
@@ -514,6 +526,14 @@ def main() -> None:
         "(e.g. 1 1.5: the loop explores, random MLIP-MD runs and the reference MD runs at "
         "both T and 1.5 T)",
     )
+    parser.add_argument(
+        "--initial",
+        choices=["harmonic", "reference-md"],
+        default="harmonic",
+        help="active learning's initial data: harmonic samples (the loop's default), or the "
+        "first n_initial + n_test frames of baseline (c)'s reference MD, so that all three "
+        "strategies start from reference-MD frames",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--shift",
@@ -537,16 +557,39 @@ def main() -> None:
     workdir = (args.workdir or Path(f"runs/bench-data-efficiency-{args.size}")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     temps = [f * args.temperature for f in args.explore_factors]
-    settings = settings_for(size, temps, args.seed, args.shift)
+    base = settings_for(size, temps, args.seed, args.shift)
+    dt, every = base.exploration.timestep_fs, base.exploration.loginterval
+    # (c)'s reference MD at T (and the other sampling temperatures, in turn); built first
+    # because with --initial reference-md active learning starts from its first frames.
+    trajs = [
+        ReferenceMD(
+            workdir / ("reference_md.extxyz" if k == 0 else f"reference_md_{t:g}K.extxyz"),
+            t,
+            dt,
+            size["ref_equilibration"],
+            every,
+            seed=args.seed + 202 + 10 * k,  # never the held-out trajectory's seed (+101)
+        )
+        for k, t in enumerate(temps)
+    ]
+    traj = trajs[0] if len(trajs) == 1 else Interleaved(trajs)
+    start_file = None
+    if args.initial == "reference-md":
+        start_file = workdir / "initial_reference_md.extxyz"
+        frames = traj.first(size["n_initial"] + size["n_test"])
+        write_extxyz(
+            [f.model_copy(update={"info": _scalar_info(f.info)}) for f in frames], start_file
+        )
+    settings = settings_for(size, temps, args.seed, args.shift, start_file) if start_file else base
     t_start = time.perf_counter()
     reference = ground_state()
-    dt, every = settings.exploration.timestep_fs, settings.exploration.loginterval
     held_t = args.held_factor * args.temperature
     print(
         f"{MATERIAL} {len(reference.numbers)} atoms, reference CHGNet, training T = "
         f"{args.temperature:g} K, held-out T = {held_t:g} K, size {args.size}, "
         f"M = {settings.training.n_members} members, seed {args.seed}, selection shift "
-        f"{args.shift:g}, sampling at {', '.join(f'{t:g}' for t in temps)} K"
+        f"{args.shift:g}, sampling at {', '.join(f'{t:g}' for t in temps)} K, AL's initial "
+        f"data: {args.initial}"
     )
 
     # Held-out reference trajectory at 1.5 T.
@@ -603,19 +646,7 @@ def main() -> None:
         target,
     )
 
-    # (c) consecutive reference-MD frames at T (and the other sampling temperatures, in turn)
-    trajs = [
-        ReferenceMD(
-            workdir / ("reference_md.extxyz" if k == 0 else f"reference_md_{t:g}K.extxyz"),
-            t,
-            dt,
-            size["ref_equilibration"],
-            every,
-            seed=args.seed + 202 + 10 * k,  # never the held-out trajectory's seed (+101)
-        )
-        for k, t in enumerate(temps)
-    ]
-    traj = trajs[0] if len(trajs) == 1 else Interleaved(trajs)
+    # (c) consecutive reference-MD frames (``traj``, built above)
     ref_curve = consecutive_reference_md(
         store, settings, schedule, traj, e0s, reference, scorer, target
     )
@@ -688,7 +719,8 @@ def main() -> None:
         f"{'/'.join(f'{t:g}' for t in temps)} K, held out "
         f"{held_t:g} K ({int((n_off > 0).sum())}/{len(held)} frames with Cu off site, "
         f"{n_off.mean() / n_cu:.0%} of Cu atoms); "
-        f"size {args.size}, M = {settings.training.n_members}, shift {args.shift:g}\n"
+        f"size {args.size}, M = {settings.training.n_members}, shift {args.shift:g}, "
+        f"AL starts from {args.initial}\n"
         "labels to reach the target, baseline / active learning: "
         + ", ".join(f"{k} {v}" for k, v in ratios.items())
     )
@@ -700,6 +732,7 @@ def main() -> None:
         "shift": args.shift,
         "temperature": args.temperature,
         "sampling_temperatures": temps,
+        "initial": args.initial,
         "held_out_temperature": held_t,
         "held_out_frames": len(held),
         "excursion_frames": int((n_off > 0).sum()),
