@@ -387,8 +387,10 @@ def random_mlip_md(
         for k, t in enumerate(temperatures):
             seed = 1000 + r + 100 * k
             doc = run_exploration(calc, starts[t], never, t, 1, md, settings.selection, seed=seed)
-            if doc.stopped_by != "blowup":
-                starts[t] = doc.last_frame
+            # Continue from the last frame; after a blow-up start again from the reference,
+            # as the loop does (from the blown-up walker's last sane frame it blows up again).
+            blown = doc.stopped_by == "blowup"
+            starts[t] = reference.unlabelled(temperature=t) if blown else doc.last_frame
             docs.append(doc)
         known = _hashes(pool)
         samples = [f for d in docs for f in d.samples if f.structure_hash() not in known]
