@@ -506,7 +506,9 @@ def plot(curves: dict[str, list[dict]], target: float, title: str, path: Path) -
         ax.set_ylabel("force MAE of the ensemble mean (meV/Å)")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend()
-    fig.suptitle(title, fontsize=9)
+    import textwrap
+
+    fig.suptitle("\n".join(textwrap.fill(line, 130) for line in title.split("\n")), fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
