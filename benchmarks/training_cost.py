@@ -21,7 +21,7 @@ logged for the epochs after the target was reached, i.e. the wall time of a run 
 stopped there. Prints the ratios scratch / warm per member, their median, and the
 verdict for the target (>= 3x). Run from the repository root::
 
-    python benchmarks/training_cost.py [--epochs 30] [--n-seed 2] [--threads 1]
+    python benchmarks/training_cost.py [--epochs 30] [--n-seed 2] [--threads 1] [--plot F.png]
 """
 
 from __future__ import annotations
@@ -81,6 +81,62 @@ def cost_to_reach(
         if rmse <= target:
             return k + 1, wall - sum(t for _, _, t in curve[k + 1 :])
     return None, None
+
+
+def time_axis(
+    initial: float | None, curve: list[tuple[int, float, float]], wall: float
+) -> tuple[list[float], list[float]]:
+    """Seconds since the run started and validation force RMSE at each evaluation.
+
+    The time outside the logged epochs (start-up, data, saving) is put before the
+    first evaluation, as :func:`cost_to_reach` counts it.
+    """
+    t = wall - sum(dt for _, _, dt in curve)
+    xs, ys = ([t], [initial]) if initial is not None else ([], [])
+    for _, rmse, dt in curve:
+        t += dt
+        xs.append(t)
+        ys.append(rmse)
+    return xs, ys
+
+
+def plot(runs: list[dict], title: str, path: Path) -> None:
+    """Validation force RMSE against wall time, warm and scratch, one panel per member.
+
+    ``runs`` holds per member ``member``, ``target`` (the scratch run's best) and
+    ``warm`` / ``scratch`` as (initial RMSE, curve, wall seconds).
+    """
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.8), dpi=90, squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        for name, style in (("warm", "-"), ("scratch", "--")):
+            xs, ys = time_axis(*run[name])
+            ax.plot(xs, ys, style, marker=".", ms=3, label=f"{name} start")
+        ax.axhline(run["target"], color="grey", lw=0.8)
+        ax.text(0, run["target"], " scratch best", va="bottom", color="grey", fontsize=8)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "235" else "")
+        )
+        ax.set_xlim(left=0)
+        ax.set_xlabel("wall time of the run (s)")
+        ax.set_ylabel("validation force RMSE (meV/Å)")
+        ax.set_title(f"member {run['member']}")
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].legend()
+    fig.suptitle(textwrap.fill(title, 110), fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def train(frames, e0s, settings, seed, workdir, parent=None):
@@ -165,6 +221,7 @@ def main() -> None:
     parser.add_argument("--preset", default="quick", help="training preset (tiny|quick|paper)")
     parser.add_argument("--chgnet-device", default="cpu")
     parser.add_argument("--warm-lr", type=float, default=None, help="default: the preset's")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of the learning curves")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -194,7 +251,7 @@ def main() -> None:
     )
     root = Path(tempfile.mkdtemp(prefix="training-cost-"))
     pool = initial + new
-    rows = []
+    rows, runs = [], []
     for s in range(args.n_sub):
         for j in range(args.n_seed):
             m = s * args.n_seed + j
@@ -229,6 +286,14 @@ def main() -> None:
             row["scratch_best"] = best
             row["walls"] = (w_wall, c_wall)
             rows.append(row)
+            runs.append(
+                {
+                    "member": m,
+                    "target": best,
+                    "warm": (w_init, w_curve, w_wall),
+                    "scratch": (c_init, c_curve, c_wall),
+                }
+            )
             print(
                 f"member {m}: {row['n_train']} train / {row['n_valid']} valid frames "
                 f"({n_new_valid} new); valid F RMSE (meV/Å) warm: start {w_init:.1f}, "
@@ -244,6 +309,16 @@ def main() -> None:
                 )
     print()
     print_summary(rows, budgets, args.preset)
+    if args.plot:
+        plot(
+            runs,
+            f"CuI {n_atoms} atoms, {len(initial)} + {len(new)} new frames, preset "
+            f"{args.preset!r}, {args.epochs} epochs per run: warm-started vs scratch members",
+            args.plot,
+        )
+        # The curves beside the plot, so that it can be redrawn without training.
+        args.plot.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+        print(f"plot: {args.plot} (curves: {args.plot.with_suffix('.json')})")
 
 
 if __name__ == "__main__":

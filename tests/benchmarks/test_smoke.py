@@ -17,7 +17,7 @@ from jobflow import Flow, JobStore, job, run_locally
 from maggma.stores import MemoryStore
 
 from benchmarks.orchestration_overhead import JobTimer, kind_of, split_times
-from benchmarks.training_cost import cost_to_reach, epoch_curve, print_summary
+from benchmarks.training_cost import cost_to_reach, epoch_curve, plot, print_summary, time_axis
 
 
 def _write_mace_log(workdir, rows):
@@ -53,6 +53,22 @@ def test_cost_to_reach_reads_mace_epochs_and_times(tmp_path):
     assert cost_to_reach(80.0, initial, curve, 10.0) == (1, pytest.approx(5.0))
     assert cost_to_reach(55.0, initial, curve, 10.0) == (2, pytest.approx(8.5))
     assert cost_to_reach(40.0, initial, curve, 10.0) == (None, None)
+
+
+def test_learning_curve_time_axis_matches_cost_to_reach(tmp_path):
+    # Initial 100 meV/Å; epochs of 2.5, 3.5, 1.5 s ending at 80, 50, 60; a 10 s run.
+    curve = [(0, 80.0, 2.5), (1, 50.0, 3.5), (2, 60.0, 1.5)]
+    xs, ys = time_axis(100.0, curve, 10.0)
+    # 2.5 s outside the epochs come first; the last point is the run's wall time.
+    assert xs == pytest.approx([2.5, 5.0, 8.5, 10.0])
+    assert ys == [100.0, 80.0, 50.0, 60.0]
+    # Where the curve first reaches a target is what cost_to_reach charges.
+    assert xs[ys.index(50.0)] == pytest.approx(cost_to_reach(55.0, 100.0, curve, 10.0)[1])
+    assert time_axis(None, curve, 10.0)[0] == pytest.approx([5.0, 8.5, 10.0])
+    run = {"member": 0, "target": 50.0, "warm": (60.0, curve, 9.0), "scratch": (100.0, curve, 10.0)}
+    path = tmp_path / "curves.png"
+    plot([run, {**run, "member": 1}], "title", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_summary_takes_medians_over_members(capsys):
