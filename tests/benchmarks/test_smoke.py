@@ -17,7 +17,15 @@ from jobflow import Flow, JobStore, job, run_locally
 from maggma.stores import MemoryStore
 
 from benchmarks.orchestration_overhead import JobTimer, kind_of, split_times
-from benchmarks.training_cost import cost_to_reach, epoch_curve, plot, print_summary, time_axis
+from benchmarks.training_cost import (
+    LEVEL,
+    cost_to_reach,
+    epoch_curve,
+    plot,
+    print_summary,
+    targets,
+    time_axis,
+)
 
 
 def _write_mace_log(workdir, rows):
@@ -89,6 +97,22 @@ def test_summary_takes_medians_over_members(capsys):
     assert "1 warm runs never reached it" in text
     assert "scratch 52.0, warm 45.0 meV/Å (medians); seconds scratch/warm = 2.00x" in text
     assert text.count("MET") == 1 and text.count("MISSED") == 1
+
+
+def test_targets_include_the_scratch_runs_final_level():
+    rmses = [100.0, 80.0, 30.0, 31.0, 29.0, 30.0, 32.0, 28.0, 30.0, 31.0, 29.0, 30.0]
+    curve = [(k, r, 1.0) for k, r in enumerate(rmses)]
+    got = targets(curve)
+    # The best is one low evaluation; the level is the mean of the last 10: 300 / 10.
+    assert got == {1.0: 28.0, 1.1: pytest.approx(30.8), LEVEL: pytest.approx(30.0)}
+    # A warm curve on the same plateau reaches the level at once, the best only late.
+    warm = [(k, r, 1.0) for k, r in enumerate([33.0, 30.0, 29.5, 31.0, 28.0])]
+    assert cost_to_reach(got[LEVEL], 29.0, warm, 7.0)[0] == 0
+    assert cost_to_reach(got[1.0], 31.0, warm, 7.0) == (5, 7.0)
+    assert cost_to_reach(got[LEVEL], 31.0, warm, 7.0) == (2, 4.0)
+    # The summary reports it under its own key.
+    row = {key: (t, 2, 4.0, 8, 12.0) for key, t in got.items()}
+    assert print_summary([row], (30, 15), "quick")[LEVEL] == (4.0, 3.0)
 
 
 @job
