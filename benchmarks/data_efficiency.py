@@ -713,10 +713,17 @@ def main() -> None:
         f"target ratio >= {TARGET_RATIO:g}x against both baselines: "
         f"{'met' if all(baselines_ok) else 'NOT met'}"
     )
+    # From the iteration records, not the loop's labels_used: that leaves out labels found
+    # in the result cache, so over a rerun with a warm cache the count went negative.
+    n_failed = sum(h["n_label_failures"] for h in summary["iterations"])
     print(
-        f"active learning's other labels: {summary['n_test']} test frames, "
-        f"{summary['labels_used'] - summary['n_dataset'] - summary['n_test']} others "
-        "counted by the loop, plus the force-constant single points of the initial data"
+        f"active learning's labels beyond its training set: {summary['n_test']} test "
+        f"frames, {n_failed} failed labels"
+        + (
+            ", plus the force-constant single points of the initial data"
+            if args.initial == "harmonic"
+            else ""
+        )
     )
     title = (
         f"{MATERIAL} 64 atoms, CHGNet reference, sampled at "
