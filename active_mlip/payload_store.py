@@ -112,7 +112,9 @@ class PayloadFileStore(MontyStore):
         if properties:
             names = list(properties)
             wanted = {n.split(".")[0] for n in names} & set(self.payload_fields)
-            properties = [n for n in names if n.split(".")[0] not in wanted]
+            # The payload fields stay in the projection: a document written inline (by an
+            # older version) holds them in montydb, with no pointer.
+            properties = [n for n in names if n.split(".")[0] not in wanted] + sorted(wanted)
             properties += [POINTER] if wanted else []
         for doc in super().query(criteria, properties, sort, hint, skip, limit, **kwargs):
             pointer = doc.pop(POINTER, None)

@@ -66,6 +66,9 @@ def test_documents_written_inline_before_are_still_read(tmp_path):
     new = PayloadFileStore("c", ["data"], database_path=str(tmp_path), database_name="db")
     new.connect()
     assert new.query_one({"blob_uuid": "a"})["data"] == [1, 2]
+    # jobflow asks for the payload by projection (blob_uuid, data)
+    assert new.query_one({"blob_uuid": "a"}, ["blob_uuid", "data"])["data"] == [1, 2]
+    assert "data" not in new.query_one({"blob_uuid": "a"}, ["blob_uuid"])
 
 
 def test_round_trips_through_as_dict(store):
