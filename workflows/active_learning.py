@@ -144,7 +144,12 @@ class LoopState(Document):
     e0s: dict[str, float]
     starts: dict[str, Frame] = Field(description="MD start frame per temperature (K, as str).")
     history: list[IterationRecord] = Field(default_factory=list)
-    labels_used: int = 0
+    labels_used: int = Field(
+        0,
+        description="Reference calculations this loop ran (an aiMD start counts its frames); "
+        "labels reused from the result cache are not counted, so a rerun over a warm cache "
+        "counts fewer than the dataset holds.",
+    )
     last_acceptance_fraction: float | None = None
     fc_uuid: str
     test_uuid: str

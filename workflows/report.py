@@ -253,7 +253,9 @@ def _write_html(out: Path, result: Any, history: list[Any], figures: list[tuple[
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>{html.escape(result.material)}: active learning report</h1>
-<p><b>{verdict}</b>: {html.escape(result.stop_reason)}. Labels used: {result.state.labels_used}.</p>
+<p><b>{verdict}</b>: {html.escape(result.stop_reason)}.
+Reference labels computed: {result.state.labels_used}
+(labels reused from the result cache are not counted).</p>
 <table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
 <th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th>
 <th>wall (s)</th></tr>
