@@ -73,7 +73,7 @@ def test_learning_curve_time_axis_matches_cost_to_reach(tmp_path):
     # Where the curve first reaches a target is what cost_to_reach charges.
     assert xs[ys.index(50.0)] == pytest.approx(cost_to_reach(55.0, 100.0, curve, 10.0)[1])
     assert time_axis(None, curve, 10.0)[0] == pytest.approx([5.0, 8.5, 10.0])
-    run = {"member": 0, "target": 50.0, "warm": (60.0, curve, 9.0), "scratch": (100.0, curve, 10.0)}
+    run = {"member": 0, "warm": (60.0, curve, 9.0), "scratch": (100.0, curve, 10.0)}
     path = tmp_path / "curves.png"
     plot([run, {**run, "member": 1}], "title", path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
