@@ -24,6 +24,7 @@ stopped there. Prints the ratios scratch / warm per member, their median, and th
 verdict for the target (>= 3x). Run from the repository root::
 
     python benchmarks/training_cost.py [--epochs 30] [--n-seed 2] [--threads 1] [--plot F.png]
+    python benchmarks/training_cost.py --ema [--no-scratch-ema]  # EMA of the weights
     python benchmarks/training_cost.py --from-curves F.json [--plot F.png]  # no training
 """
 
@@ -266,6 +267,21 @@ def main() -> None:
     parser.add_argument("--preset", default="quick", help="training preset (tiny|quick|paper)")
     parser.add_argument("--chgnet-device", default="cpu")
     parser.add_argument("--warm-lr", type=float, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="validate and keep an exponential moving average of the weights (every run, "
+        "parents too); default: the preset's",
+    )
+    parser.add_argument("--ema-decay", type=float, default=None, help="default: the preset's")
+    parser.add_argument(
+        "--scratch-ema",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="EMA in the scratch runs alone (default: as --ema), e.g. --ema --no-scratch-ema "
+        "compares EMA warm runs with plain scratch runs",
+    )
     parser.add_argument("--plot", type=Path, default=None, help="PNG of the learning curves")
     parser.add_argument(
         "--from-curves",
@@ -301,10 +317,19 @@ def main() -> None:
         warm_start_epochs=args.epochs,  # same budget: the curves show where each gets
         num_threads=args.threads,
         **({"warm_start_lr": args.warm_lr} if args.warm_lr else {}),
+        **({"ema": args.ema} if args.ema is not None else {}),
+        **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
     )
+    scratch_settings = settings
+    if args.scratch_ema is not None and args.scratch_ema != settings.ema:
+        scratch_settings = settings.model_copy(update={"ema": args.scratch_ema})
+    ema_note = f"EMA of the weights (decay {settings.ema_decay})" if settings.ema else "no EMA"
+    if scratch_settings is not settings:
+        ema_note += f", scratch runs {'with' if scratch_settings.ema else 'without'} EMA"
     print(
         f"preset {args.preset!r}: {settings.num_channels} channels, lr {settings.lr} "
-        f"(warm {settings.warm_start_lr or settings.lr}), {args.epochs} epochs per run, "
+        f"(warm {settings.warm_start_lr or settings.lr}), {ema_note}, "
+        f"{args.epochs} epochs per run, "
         f"device {settings.resolved_device()}, {args.threads} thread(s)"
     )
     root = Path(tempfile.mkdtemp(prefix="training-cost-"))
@@ -322,7 +347,9 @@ def main() -> None:
             _, w_wall, w_init, w_curve = train(
                 grown, e0s, settings, seed, root / f"warm{m}", parent
             )
-            _, c_wall, c_init, c_curve = train(grown, e0s, settings, seed, root / f"scratch{m}")
+            _, c_wall, c_init, c_curve = train(
+                grown, e0s, scratch_settings, seed, root / f"scratch{m}"
+            )
             run = {
                 "member": m,
                 "warm": (w_init, w_curve, w_wall),
@@ -365,7 +392,8 @@ def main() -> None:
         plot(
             runs,
             f"CuI {n_atoms} atoms, {len(initial)} + {len(new)} new frames, preset "
-            f"{args.preset!r}, {args.epochs} epochs per run: warm-started vs scratch members",
+            f"{args.preset!r}, {ema_note}, warm lr {settings.warm_start_lr or settings.lr:g}, "
+            f"{args.epochs} epochs per run: warm-started vs scratch members",
             args.plot,
         )
         # The curves beside the plot, so that it can be redrawn without training.

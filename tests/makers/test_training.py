@@ -304,6 +304,13 @@ def test_mace_arguments(tmp_path):
     assert wopts["--multiheads_finetuning"] == "False"
     assert wopts["--max_num_epochs"] == "3" and wopts["--lr"] == "0.001"
     assert wopts["--batch_size"] == "4"
+    assert "--ema" not in cold and "--ema_decay" not in cold
+    # The paper preset validates (and keeps) an EMA of the weights, warm runs too.
+    p = TrainingSettings.preset("paper")
+    pwarm = _mace_args(p, tmp_path, 11, "cpu", e0s, tmp_path / "p.model", n_train=30)
+    assert pwarm.count("--ema") == 1 and pwarm[pwarm.index("--ema_decay") + 1] == "0.99"
+    assert pwarm[pwarm.index("--lr") + 1] == "0.002"
+    assert pwarm[pwarm.index("--foundation_model") + 1] == str(tmp_path / "p.model")
 
 
 # --------------------------------------------------------------------------------------
