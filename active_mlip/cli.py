@@ -89,7 +89,13 @@ def run(
     max_iterations: Annotated[
         int | None, typer.Option(help="Override the preset's maximum iterations.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of every random choice.")] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of every random choice: sampling, splits, MD, selection and the "
+            "members' initial weights (default: the preset's)."
+        ),
+    ] = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="Delete a previous run in WORKDIR and start over.")
     ] = False,
@@ -142,6 +148,9 @@ def run(
         loop["max_iterations"] = max_iterations
     if seed is not None:
         loop["seed"] = seed
+    sections: dict = {"loop": loop} if loop else {}
+    if seed is not None:  # the members' weight initialisations too, not only the loop's draws
+        sections["training"] = {"seed": seed}
     try:  # a bad ACTIVE_MLIP_MACE_LAUNCH fails now, not at the first ensemble member
         mace_runner.launch_mode()
     except ValueError as exc:
@@ -149,14 +158,14 @@ def run(
     if campaign is not None:
         if material is not None:
             _fail(f"give either a material ({material!r}) or --campaign, not both")
-        _run_campaign(campaign, materials, preset, label_budget, loop, workdir, restart)
+        _run_campaign(campaign, materials, preset, label_budget, sections, workdir, restart)
         return
     if material is None:
         _fail("missing MATERIAL: name one (e.g. CuI) or give --campaign screening-112")
     if materials is not None or label_budget is not None:
         _fail("--materials and --label-budget need --campaign")
     try:
-        settings = ActiveLearningSettings.from_preset(preset, **({"loop": loop} if loop else {}))
+        settings = ActiveLearningSettings.from_preset(preset, **sections)
     except ValidationError as exc:
         pretty = _pretty_validation(exc).replace("Value error, ", "")
         _fail("invalid settings:\n" + escape(pretty))
@@ -209,7 +218,7 @@ def _run_campaign(
     materials: str | None,
     preset: str,
     label_budget: int | None,
-    loop: dict,
+    overrides: dict,
     workdir: Path | None,
     restart: bool,
 ) -> None:
@@ -228,7 +237,7 @@ def _run_campaign(
     if label_budget is not None and label_budget < 1:
         _fail(f"--label-budget must be at least 1, got {label_budget}")
     sources: dict[str, str] = {}
-    sections: dict = {"loop": loop} if loop else {}
+    sections: dict = {k: dict(v) for k, v in overrides.items()}  # command line's, win below
     if campaign in builtin_campaigns():
         name, available = campaign, builtin_campaigns()[campaign]
     elif Path(campaign).suffix in (".yaml", ".yml") or Path(campaign).is_file():

@@ -69,7 +69,11 @@ class LoopSettings(Document):
         description="Reference energy per element (eV), or 'isolated' to compute them with "
         "the labeller (in-process labellers only).",
     )
-    seed: int = Field(0, description="Seeds every random choice of the run.")
+    seed: int = Field(
+        0,
+        description="Seeds the loop's random choices (sampling, splits, MD, selection); "
+        "the members' initial weights follow training.seed.",
+    )
     batch_walkers: bool = Field(
         True,
         description="Explore all temperatures in one job, evaluating the walkers as one "
