@@ -264,9 +264,21 @@ def cu_displacements(frames: list[Frame], reference: Frame) -> np.ndarray:
 
 
 # -- scoring ---------------------------------------------------------------------------------
-def score(ensemble: EnsembleDocument, frames: list[Frame], excursion: np.ndarray) -> dict:
+def score(
+    ensemble: EnsembleDocument, frames: list[Frame], excursion: np.ndarray, key: str = "force_max"
+) -> dict:
     """Force MAE (meV/Å) of the ensemble mean on all held-out atoms and on the Cu atoms
-    off their sites (``excursion``: boolean, frames x atoms)."""
+    off their sites (``excursion``: boolean, frames x atoms), and how well the ensemble's
+    uncertainty ranks its errors.
+
+    Uncertainty selection can only beat random frames if high uncertainty means high
+    error. ``spearman_frames`` is the rank correlation over the held-out frames between
+    the selection's uncertainty ``key`` and the frame's force MAE; ``spearman_atoms`` the
+    one over all atoms between the members' force spread sigma_i and the error
+    |F_mean,i - F_ref,i|.
+    """
+    from scipy.stats import spearmanr
+
     from makers.ensemble import EnsembleCalculator
 
     calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
@@ -275,11 +287,22 @@ def score(ensemble: EnsembleDocument, frames: list[Frame], excursion: np.ndarray
         [np.abs(r["forces"] - np.asarray(f.forces)) for r, f in zip(results, frames, strict=True)]
     )
     de = [(r["energy"] - f.energy) / f.n_atoms for r, f in zip(results, frames, strict=True)]
+    u = np.array([r["uncertainty"][key] for r in results])
+    mf = np.array([r["member_forces"] for r in results])  # (frames, M, atoms, 3)
+    sigma = np.sqrt(((mf - mf.mean(axis=1, keepdims=True)) ** 2).sum(axis=3).mean(axis=1))
+    err_norm = np.array(
+        [
+            np.linalg.norm(r["forces"] - np.asarray(f.forces), axis=1)
+            for r, f in zip(results, frames, strict=True)
+        ]
+    )
     return {
         "mae_forces": 1e3 * float(err.mean()),
         "mae_forces_excursions": 1e3 * float(err[excursion].mean()) if excursion.any() else None,
         "mae_forces_on_site": 1e3 * float(err[~excursion].mean()),
         "mae_energy_meV_per_atom": 1e3 * float(np.mean(np.abs(de))),
+        "spearman_frames": float(spearmanr(u, err.mean(axis=(1, 2))).statistic),
+        "spearman_atoms": float(spearmanr(sigma.ravel(), err_norm.ravel()).statistic),
     }
 
 
@@ -622,7 +645,7 @@ def main() -> None:
     e0s = al_points[0]["ensemble"].e0s
 
     def scorer(ensemble: EnsembleDocument) -> dict:
-        return score(ensemble, held, excursion)
+        return score(ensemble, held, excursion, settings.selection.key)
 
     al = [{"labels": p["labels"], **scorer(p["ensemble"])} for p in al_points]
     target = al[-1]["mae_forces"]
@@ -709,6 +732,14 @@ def main() -> None:
         for k in curves
         if k != "active learning"
     ]
+    print(
+        "does high uncertainty mean high error? Spearman rank correlation on the held-out "
+        f"frames, active learning's ensembles (U = {settings.selection.key} vs frame force "
+        "MAE; per atom sigma_i vs |dF_i|): "
+        + ", ".join(
+            f"{p['labels']}: {p['spearman_frames']:.2f} / {p['spearman_atoms']:.2f}" for p in al
+        )
+    )
     print(
         f"target ratio >= {TARGET_RATIO:g}x against both baselines: "
         f"{'met' if all(baselines_ok) else 'NOT met'}"
