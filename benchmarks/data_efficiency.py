@@ -263,6 +263,13 @@ def cu_displacements(frames: list[Frame], reference: Frame) -> np.ndarray:
     return np.asarray(out)
 
 
+def n_off_site(frames: list[Frame], reference: Frame) -> int:
+    """Frames with a Cu atom more than ``EXCURSION_A`` from its site (an excursion)."""
+    if not frames:
+        return 0
+    return int((cu_displacements(frames, reference).max(axis=1) > EXCURSION_A).sum())
+
+
 # -- scoring ---------------------------------------------------------------------------------
 def score(
     ensemble: EnsembleDocument, frames: list[Frame], excursion: np.ndarray, key: str = "force_max"
@@ -361,9 +368,13 @@ def active_learning(
     if result is None:
         raise RuntimeError(f"no finished loop in {workdir / 'store'}")
     points = []
+    frames = result.state.train.frames
     for h in result.state.history:
         ensemble = _as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
-        points.append({"labels": h.n_train, "ensemble": ensemble, "iteration": h.iteration})
+        pool = [f for f in frames if f.info.get("iteration", 0) <= h.iteration]
+        points.append(
+            {"labels": h.n_train, "ensemble": ensemble, "iteration": h.iteration, "pool": pool}
+        )
     initial = [f for f in result.state.train.frames if f.info.get("iteration") == 0]
     return points, initial, summary
 
@@ -399,7 +410,9 @@ def random_mlip_md(
     md = settings.exploration.model_copy(update={"sample_every": 1})
     pool, ensemble = list(initial), first
     starts = {t: reference.unlabelled(temperature=t) for t in temperatures}
-    points = [{"labels": len(pool), **scorer(ensemble)}]
+    points = [
+        {"labels": len(pool), "labels_off_site": n_off_site(pool, reference), **scorer(ensemble)}
+    ]
     rng = np.random.default_rng(settings.loop.seed + 7)
     for r, n_labels in enumerate(schedule[1:], start=1):
         if points[-1]["mae_forces"] <= target:
@@ -423,11 +436,20 @@ def random_mlip_md(
         batch = label_in_process(frames, labeller, cache)
         pool = grow(pool, batch.frames, settings, r)
         ensemble = train(store, pool, settings, e0s, ensemble, reference)
-        points.append({"labels": len(pool), **scorer(ensemble)})
+        points.append(
+            {
+                "labels": len(pool),
+                "labels_off_site": n_off_site(pool, reference),
+                "scored_off_site": n_off_site(samples, reference),
+                "scored": len(samples),
+                **scorer(ensemble),
+            }
+        )
         log(
             f"random MLIP-MD round {r}: "
             + ", ".join(f"{d.temperature:g} K {d.n_steps} steps ({d.stopped_by})" for d in docs)
-            + f", {len(samples)} frames scored, {take} drawn, {len(pool)} labels, force MAE "
+            + f", {len(samples)} frames scored ({points[-1]['scored_off_site']} with a Cu off "
+            f"site), {take} drawn, {len(pool)} labels, force MAE "
             f"{points[-1]['mae_forces']:.1f} meV/Å ({time.perf_counter() - t0:.0f} s)"
         )
     return points
@@ -473,7 +495,13 @@ def consecutive_reference_md(
         t0 = time.perf_counter()
         pool = grow(pool, trajectory.first(n_labels)[len(pool) :], settings, r)
         ensemble = train(store, pool, settings, e0s, ensemble, reference)
-        points.append({"labels": len(pool), **scorer(ensemble)})
+        points.append(
+            {
+                "labels": len(pool),
+                "labels_off_site": n_off_site(pool, reference),
+                **scorer(ensemble),
+            }
+        )
         log(
             f"reference MD round {r}: {len(pool)} labels, force MAE "
             f"{points[-1]['mae_forces']:.1f} meV/Å ({time.perf_counter() - t0:.0f} s)"
@@ -647,7 +675,15 @@ def main() -> None:
     def scorer(ensemble: EnsembleDocument) -> dict:
         return score(ensemble, held, excursion, settings.selection.key)
 
-    al = [{"labels": p["labels"], **scorer(p["ensemble"])} for p in al_points]
+    al = [
+        {
+            "labels": p["labels"],
+            "labels_off_site": n_off_site(p["pool"], reference),
+            **scorer(p["ensemble"]),
+        }
+        for p in al_points
+    ]
+    assert all(p["labels"] == len(q["pool"]) for p, q in zip(al, al_points, strict=True))
     target = al[-1]["mae_forces"]
     log(f"active learning: target force MAE {target:.1f} meV/Å after {al[-1]['labels']} labels")
     # The baselines are scored at active learning's label counts, then beyond its last
@@ -732,6 +768,13 @@ def main() -> None:
         for k in curves
         if k != "active learning"
     ]
+    print(
+        f"training labels with a Cu atom off its site (> {EXCURSION_A:g} Å) at each point: "
+        + "; ".join(
+            f"{name} " + ", ".join(f"{p['labels_off_site']}/{p['labels']}" for p in c)
+            for name, c in curves.items()
+        )
+    )
     print(
         "does high uncertainty mean high error? Spearman rank correlation on the held-out "
         f"frames, active learning's ensembles (U = {settings.selection.key} vs frame force "

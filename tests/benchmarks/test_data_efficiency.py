@@ -16,14 +16,38 @@ from workflows.materials import get_structure
 
 
 @pytest.fixture(scope="module")
-def score():
+def de():
     # The script sets its process up on import (threads, stores, warnings): undo that here.
     saved = dict(os.environ)
     with warnings.catch_warnings():
-        from benchmarks.data_efficiency import score
+        import benchmarks.data_efficiency as module
     os.environ.clear()
     os.environ.update(saved)
-    return score
+    return module
+
+
+@pytest.fixture(scope="module")
+def score(de):
+    return de.score
+
+
+def test_excursions_are_cu_atoms_beyond_one_angstrom_from_their_sites(de):
+    """Only Cu counts, the distance is taken across the periodic boundary."""
+    ground = Frame.from_atoms(AseAtomsAdaptor.get_atoms(get_structure("CuI")))
+    numbers = np.asarray(ground.numbers)
+    cu, iodine = int(np.flatnonzero(numbers == 29)[0]), int(np.flatnonzero(numbers == 53)[0])
+    a = np.asarray(ground.cell)[0, 0]
+
+    def moved(atom: int, dx: float) -> Frame:
+        pos = np.asarray(ground.positions).copy()
+        pos[atom, 0] = (pos[atom, 0] + dx) % a  # wrapped back into the cell
+        return ground.model_copy(update={"positions": pos.tolist()})
+
+    frames = [ground, moved(cu, 0.8), moved(cu, 1.2), moved(cu, -1.2), moved(iodine, 2.0)]
+    d = de.cu_displacements(frames, ground)
+    np.testing.assert_allclose(d.max(axis=1), [0.0, 0.8, 1.2, 1.2, 0.0], atol=1e-9)
+    assert de.n_off_site(frames, ground) == 2
+    assert de.n_off_site([], ground) == 0
 
 
 def test_score_mae_and_uncertainty_ranking(score):
