@@ -133,11 +133,13 @@ def settings_for(
     seed: int,
     shift: float,
     trajectory: Path | None = None,
+    knee: float = 1.0,
 ) -> ActiveLearningSettings:
     """The quick preset at this size; the loop never stops early by convergence.
 
     With ``trajectory`` the loop's initial training and test frames come from that
-    (reference-MD) file instead of harmonic sampling.
+    (reference-MD) file instead of harmonic sampling. ``knee`` moves P_E's knee (the
+    paper's 1) and its decay point with it (0.2 at knee + 0.8, as in the paper).
     """
     start: dict[str, Any] = {}
     if trajectory is not None:
@@ -162,7 +164,7 @@ def settings_for(
         },
         training=training,
         exploration={"max_steps": size["md_steps"]},
-        selection={"shift": shift},
+        selection={"shift": shift, "knee": knee, "decay_at": knee + 0.8},
     )
 
 
@@ -596,6 +598,13 @@ def main() -> None:
         default=2.0,
         help="selection shift s (P_U = 0.5 at U = mean + s std of the test set; paper: 2)",
     )
+    parser.add_argument(
+        "--knee",
+        type=float,
+        default=1.0,
+        help="P_E = 1 up to this z = (E - mean)/std of the test set, then 0.2 at knee + 0.8 "
+        "(paper: 1); a held-out trajectory hotter than the training T lies beyond it",
+    )
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/data_efficiency.png"))
     parser.add_argument(
         "--replot", type=Path, default=None, help="only redraw the plot from a results JSON"
@@ -612,7 +621,7 @@ def main() -> None:
     workdir = (args.workdir or Path(f"runs/bench-data-efficiency-{args.size}")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     temps = [f * args.temperature for f in args.explore_factors]
-    base = settings_for(size, temps, args.seed, args.shift)
+    base = settings_for(size, temps, args.seed, args.shift, knee=args.knee)
     dt, every = base.exploration.timestep_fs, base.exploration.loginterval
     # (c)'s reference MD at T (and the other sampling temperatures, in turn); built first
     # because with --initial reference-md active learning starts from its first frames.
@@ -635,7 +644,11 @@ def main() -> None:
         write_extxyz(
             [f.model_copy(update={"info": _scalar_info(f.info)}) for f in frames], start_file
         )
-    settings = settings_for(size, temps, args.seed, args.shift, start_file) if start_file else base
+    settings = (
+        settings_for(size, temps, args.seed, args.shift, start_file, args.knee)
+        if start_file
+        else base
+    )
     t_start = time.perf_counter()
     reference = ground_state()
     held_t = args.held_factor * args.temperature
@@ -643,8 +656,8 @@ def main() -> None:
         f"{MATERIAL} {len(reference.numbers)} atoms, reference CHGNet, training T = "
         f"{args.temperature:g} K, held-out T = {held_t:g} K, size {args.size}, "
         f"M = {settings.training.n_members} members, seed {args.seed}, selection shift "
-        f"{args.shift:g}, sampling at {', '.join(f'{t:g}' for t in temps)} K, AL's initial "
-        f"data: {args.initial}"
+        f"{args.shift:g}, P_E knee {args.knee:g}, sampling at "
+        f"{', '.join(f'{t:g}' for t in temps)} K, AL's initial data: {args.initial}"
     )
 
     # Held-out reference trajectory at 1.5 T.
@@ -805,7 +818,8 @@ def main() -> None:
         f"{held_t:g} K ({int((n_off > 0).sum())}/{len(held)} frames with Cu off site, "
         f"{n_off.mean() / n_cu:.0%} of Cu atoms); "
         f"size {args.size}, M = {settings.training.n_members}, shift {args.shift:g}, "
-        f"AL starts from {args.initial}\n"
+        + (f"P_E knee {args.knee:g}, " if args.knee != 1.0 else "")
+        + f"AL starts from {args.initial}\n"
         "labels to reach the target, baseline / active learning: "
         + ", ".join(f"{k} {v}" for k, v in ratios.items())
     )
@@ -815,6 +829,7 @@ def main() -> None:
         "size": args.size,
         "seed": args.seed,
         "shift": args.shift,
+        "knee": args.knee,
         "temperature": args.temperature,
         "sampling_temperatures": temps,
         "initial": args.initial,
