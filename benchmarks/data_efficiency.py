@@ -288,23 +288,18 @@ def score(
     """
     from scipy.stats import spearmanr
 
-    from makers.ensemble import EnsembleCalculator
+    from makers.ensemble import EnsembleCalculator, force_spread
 
     calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
     results = calc.evaluate([f.unlabelled().to_atoms() for f in frames], batch_size=8)
-    err = np.array(
-        [np.abs(r["forces"] - np.asarray(f.forces)) for r, f in zip(results, frames, strict=True)]
+    diff = np.array(  # (frames, atoms, 3)
+        [r["forces"] - np.asarray(f.forces) for r, f in zip(results, frames, strict=True)]
     )
+    err = np.abs(diff)
     de = [(r["energy"] - f.energy) / f.n_atoms for r, f in zip(results, frames, strict=True)]
     u = np.array([r["uncertainty"][key] for r in results])
-    mf = np.array([r["member_forces"] for r in results])  # (frames, M, atoms, 3)
-    sigma = np.sqrt(((mf - mf.mean(axis=1, keepdims=True)) ** 2).sum(axis=3).mean(axis=1))
-    err_norm = np.array(
-        [
-            np.linalg.norm(r["forces"] - np.asarray(f.forces), axis=1)
-            for r, f in zip(results, frames, strict=True)
-        ]
-    )
+    sigma = force_spread(np.array([r["member_forces"] for r in results]))  # (frames, atoms)
+    err_norm = np.linalg.norm(diff, axis=2)
     return {
         "mae_forces": 1e3 * float(err.mean()),
         "mae_forces_excursions": 1e3 * float(err[excursion].mean()) if excursion.any() else None,

@@ -56,6 +56,16 @@ FORCE_EPS = 1e-3
 
 
 # -- uncertainty ----------------------------------------------------------------------------
+def force_spread(member_forces: np.ndarray) -> np.ndarray:
+    """Per-atom spread of the members' forces, sigma_i = sqrt(mean_m |F_mi - <F_i>|^2) (eV/Å).
+
+    ``member_forces`` has shape (..., M, N, 3) (leading axes, e.g. structures, are kept);
+    the result has shape (..., N).
+    """
+    f = np.asarray(member_forces, dtype=float)
+    return np.sqrt(((f - f.mean(axis=-3, keepdims=True)) ** 2).sum(axis=-1).mean(axis=-2))
+
+
 def ensemble_uncertainty(
     member_energies: Sequence[float] | np.ndarray,
     member_forces: np.ndarray,
@@ -95,7 +105,7 @@ def ensemble_uncertainty(
         e = e - ref
     u_e = float(e.std())  # population std (ddof=0)
     f_mean = f.mean(axis=0)  # (N, 3)
-    sigma = np.sqrt(((f - f_mean) ** 2).sum(axis=2).mean(axis=0))  # (N,)
+    sigma = force_spread(f)  # (N,)
     sigma_rel = sigma / np.maximum(np.linalg.norm(f_mean, axis=1), force_eps)
     return {
         "energy": u_e,

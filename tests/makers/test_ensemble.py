@@ -11,7 +11,12 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.blobs import CorruptArtifactError
 from active_mlip.frames import Frame
-from makers.ensemble import UNCERTAINTY_KEYS, EnsembleCalculator, ensemble_uncertainty
+from makers.ensemble import (
+    UNCERTAINTY_KEYS,
+    EnsembleCalculator,
+    ensemble_uncertainty,
+    force_spread,
+)
 from tests.models import (
     OffsetModel,
     PairModel,
@@ -308,3 +313,16 @@ def test_document_elements_must_be_known_to_members(mace_models):
     doc = make_ensemble_document(mace_models[:2], ["Cu", "I", "Ag"])
     with pytest.raises(ValueError, match="Ag"):
         EnsembleCalculator.from_document(doc, device="cpu")
+
+
+def test_force_spread_per_atom_keeps_leading_axes():
+    """Two members, forces 0 and (2, 0, 0) on atom 0, equal on atom 1: sigma = (1, 0).
+
+    A second structure with the members' forces doubled has sigma = (2, 0).
+    """
+    one = np.zeros((2, 2, 3))  # (M, N, 3)
+    one[1, 0] = [2.0, 0.0, 0.0]
+    one[:, 1] = [0.5, -0.3, 0.1]
+    np.testing.assert_allclose(force_spread(one), [1.0, 0.0])
+    np.testing.assert_allclose(force_spread(np.stack([one, 2 * one])), [[1.0, 0.0], [2.0, 0.0]])
+    assert ensemble_uncertainty([0.0, 0.0], one)["force_max"] == pytest.approx(1.0)
