@@ -588,6 +588,13 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="active learning's iteration cap (the size's by default); the baselines follow "
+        "its label counts, so more iterations test a lower target force MAE",
+    )
+    parser.add_argument(
         "--shift",
         type=float,
         default=2.0,
@@ -612,7 +619,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    size = SIZES[args.size]
+    size = dict(SIZES[args.size])
+    if args.iterations is not None:
+        if args.iterations < 2:
+            parser.error(f"--iterations must be >= 2 (one exploration), got {args.iterations}")
+        size["iterations"] = args.iterations
     workdir = (args.workdir or Path(f"runs/bench-data-efficiency-{args.size}")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     temps = [f * args.temperature for f in args.explore_factors]
@@ -650,7 +661,8 @@ def main() -> None:
     print(
         f"{MATERIAL} {len(reference.numbers)} atoms, reference CHGNet, training T = "
         f"{args.temperature:g} K, held-out T = {held_t:g} K, size {args.size}, "
-        f"M = {settings.training.n_members} members, seed {args.seed}, selection shift "
+        f"M = {settings.training.n_members} members, {size['iterations']} iterations, "
+        f"seed {args.seed}, selection shift "
         f"{args.shift:g}, P_E knee {args.knee:g}, sampling at "
         f"{', '.join(f'{t:g}' for t in temps)} K, AL's initial data: {args.initial}"
     )
@@ -812,7 +824,8 @@ def main() -> None:
         f"{'/'.join(f'{t:g}' for t in temps)} K, held out "
         f"{held_t:g} K ({int((n_off > 0).sum())}/{len(held)} frames with Cu off site, "
         f"{n_off.mean() / n_cu:.0%} of Cu atoms); "
-        f"size {args.size}, M = {settings.training.n_members}, shift {args.shift:g}, "
+        f"size {args.size}, M = {settings.training.n_members}, "
+        f"{size['iterations']} iterations, shift {args.shift:g}, "
         + (f"P_E knee {args.knee:g}, " if args.knee != 1.0 else "")
         + f"AL starts from {args.initial}\n"
         "labels to reach the target, baseline / active learning: "
@@ -823,6 +836,7 @@ def main() -> None:
         "title": title,
         "size": args.size,
         "seed": args.seed,
+        "iterations": size["iterations"],
         "shift": args.shift,
         "knee": args.knee,
         "temperature": args.temperature,
