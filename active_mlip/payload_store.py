@@ -7,8 +7,9 @@ job I/O reached 16 % of an iteration (``benchmarks/orchestration_overhead.py --p
 quick``). :class:`PayloadFileStore` writes the fields named in ``payload_fields``,
 BSON-encoded, to ``<database_path>/<database_name>/<collection>.payload/`` -- one file
 per document, named by the SHA-256 of its key, replaced atomically, written before its
-document -- and montydb keeps the rest with the file's name and SHA-256, checked
-whenever the file is read.
+document -- and the collection (montydb's sqlite file, read through
+:class:`~active_mlip.local_store.IndexedMontyStore`) keeps the rest with the file's name
+and SHA-256, checked whenever the file is read.
 """
 
 from __future__ import annotations
@@ -20,17 +21,18 @@ from pathlib import Path
 from typing import Any
 
 import bson
-from maggma.stores import MontyStore
 from monty.json import jsanitize
 
 from active_mlip.blobs import CorruptArtifactError
+from active_mlip.local_store import IndexedMontyStore
 
 #: Field of the montydb document that points at its payload file.
 POINTER = "_payload"
 
 
-class PayloadFileStore(MontyStore):
-    """A :class:`~maggma.stores.MontyStore` whose bulky fields live in files of their own.
+class PayloadFileStore(IndexedMontyStore):
+    """An :class:`~active_mlip.local_store.IndexedMontyStore` whose bulky fields live in
+    files of their own.
 
     Parameters
     ----------

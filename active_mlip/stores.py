@@ -156,14 +156,13 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     else:
         if settings.local_path is None:
             raise ValueError("StoreSettings needs local_path when no MongoDB URI is configured")
-        from maggma.stores import MontyStore
-
+        from active_mlip.local_store import IndexedMontyStore
         from active_mlip.payload_store import PayloadFileStore
 
         path = Path(settings.local_path).resolve()
         path.mkdir(parents=True, exist_ok=True)
         kw: dict[str, Any] = {"database_path": str(path), "database_name": p, "storage": "sqlite"}
-        docs = MontyStore(f"{p}_jobs", **kw)
+        docs = IndexedMontyStore(f"{p}_jobs", **kw)
         data = PayloadFileStore(f"{p}_data", ["data"], **kw)
         cache = PayloadFileStore(f"{p}_cache", ["payload"], key="cache_key", **kw)
     return BlobsFirstJobStore(docs, additional_stores={"data": data, "cache": cache})

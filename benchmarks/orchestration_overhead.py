@@ -11,6 +11,8 @@
     (sampling, selection, loop bookkeeping), job I/O and manager, per iteration and over
     the run. Target: the part outside labelling, training and MD at most 5 % of an
     iteration; printed as is and less the evaluation (i.e. bookkeeping only).
+    ``--compare-stores`` runs it twice, side by side: the local stores on montydb alone
+    (before) and through :class:`active_mlip.local_store.IndexedMontyStore` (after).
 
 (b) FireWorks: a chain of N jobs that each sleep ``--work`` seconds, submitted as one
     workflow to a jongodb wire-protocol server (in memory, on this machine) and run by
@@ -156,7 +158,12 @@ def print_split(title: str, parts: dict[str, float], wall: float) -> tuple[float
     return outside / wall, bookkeeping / wall
 
 
-def local_overhead(args) -> tuple[float, float]:
+def local_overhead(args) -> dict[str, Any]:
+    """Run the local loop with every job timed; print the split per iteration.
+
+    Returns the worst iteration's shares (outside labelling/training/MD, bookkeeping) and
+    the job I/O seconds per iteration and over the flow.
+    """
     from workflows.local import run_local
     from workflows.settings import ActiveLearningSettings
 
@@ -189,12 +196,16 @@ def local_overhead(args) -> tuple[float, float]:
         m = _IT.search(r["name"])
         by_it[f"iteration {m.group(1)}" if m else "initial data"].append(r)
     shares = []
+    io = {}
     for key in sorted(by_it, key=lambda k: (k != "initial data", k)):
         rs = by_it[key]
-        share = print_split(f"    {key}", split_times(rs), sum(r["gap"] + r["run"] for r in rs))
+        parts = split_times(rs)
+        share = print_split(f"    {key}", parts, sum(r["gap"] + r["run"] for r in rs))
+        io[key] = parts["job I/O"]
         if key != "initial data":
             shares.append(share)
     whole = print_split("    whole flow", split_times(recs), flow_wall)
+    io["whole flow"] = split_times(recs)["job I/O"]
     worst = tuple(max(s[i] for s in shares) for i in (0, 1)) if shares else whole
     for i, what in enumerate(("outside labelling/training/MD", "bookkeeping")):
         verdict = "MET" if worst[i] <= LOCAL_TARGET else "MISSED"
@@ -202,7 +213,31 @@ def local_overhead(args) -> tuple[float, float]:
             f"(a) {what}: worst iteration {100 * worst[i]:.1f} %, whole flow "
             f"{100 * whole[i]:.1f} % -> target <= {100 * LOCAL_TARGET:.0f} %: {verdict}"
         )
-    return worst
+    return {"worst": worst, "job_io": io}
+
+
+def compare_stores(args) -> None:
+    """(a) twice, side by side: the local stores on montydb alone (before) and through
+    :class:`~active_mlip.local_store.IndexedMontyStore` (after)."""
+    from active_mlip.local_store import IndexedMontyStore
+
+    runs = {}
+    for label, indexed in (("montydb alone (before)", False), ("IndexedMontyStore", True)):
+        IndexedMontyStore.indexed = indexed
+        print(f"(a) local stores: {label}")
+        try:
+            runs[label] = local_overhead(args)
+        finally:
+            IndexedMontyStore.indexed = True
+    (b_label, before), (a_label, after) = runs.items()
+    for key in after["job_io"]:
+        b, a = before["job_io"].get(key, 0.0), after["job_io"][key]
+        print(f"(a) job I/O, {key}: {b:.2f} s -> {a:.2f} s, before / after = {b / a:.2f}x")
+    for i, what in enumerate(("outside labelling/training/MD", "bookkeeping")):
+        print(
+            f"(a) {what}, worst iteration: {100 * before['worst'][i]:.1f} % -> "
+            f"{100 * after['worst'][i]:.1f} %"
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -362,9 +397,17 @@ def main() -> None:
     parser.add_argument(
         "--max-iterations", type=int, default=None, help="iterations of (a) (preset's default)"
     )
+    parser.add_argument(
+        "--compare-stores",
+        action="store_true",
+        help="run (a) twice: the local stores on montydb alone (before), then through "
+        "IndexedMontyStore (after), and print the job I/O of both",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every job")
     args = parser.parse_args()
-    if not args.skip_local:
+    if args.compare_stores and not args.skip_local:
+        compare_stores(args)
+    elif not args.skip_local:
         local_overhead(args)
     if not args.skip_fireworks:
         proc, uri = start_jongodb()
