@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jobflow import JobStore
+from jobflow.core.reference import OnMissing
 from maggma.core import Store
 from pydantic import Field
 
@@ -133,6 +134,68 @@ class BlobsFirstJobStore(JobStore):
             del docs_store.update  # the instance attribute; the class method shows again
         for d, k in deferred:
             docs_store.update(d, key=k)
+
+    #: False gives jobflow's own ``get_output`` (the "before" of the orchestration benchmark).
+    skip_reference_walk: ClassVar[bool] = True
+
+    def get_output(
+        self,
+        uuid: str,
+        which: str | int = "last",
+        load: Any = False,
+        cache: dict[str, Any] | None = None,
+        on_missing: OnMissing = OnMissing.ERROR,
+    ) -> Any:
+        """jobflow's ``get_output``, without walking an output that holds no reference.
+
+        jobflow looks for output references in every output it returns by sanitising it
+        and walking it in Python, twice (a cycle check, then the resolution). For a loop
+        state or an ensemble with its frames that walk was most of a job's I/O (millions of
+        calls per iteration, ``benchmarks/orchestration_overhead.py``). An output whose
+        BSON does not contain the name ``OutputReference`` cannot hold one, and jobflow
+        would return it unchanged: it is returned as it is.
+        """
+        one = isinstance(which, int) or which in {"last", "first"}
+        if not (self.skip_reference_walk and one):
+            return super().get_output(uuid, which, load, cache, on_missing)
+        from jobflow.core.reference import find_and_get_references, find_and_resolve_references
+
+        criteria: dict[str, Any] = {"uuid": uuid}
+        if isinstance(which, int):
+            criteria["index"] = which
+        result = self.query_one(
+            criteria=criteria,
+            properties=["output"],
+            sort={"index": -1 if which == "last" else 1},
+            load=load,
+        )
+        if result is None:
+            istr = f" (index: {which})" if isinstance(which, int) else ""
+            raise ValueError(f"UUID: {uuid}{istr} has no outputs.")
+        output = result["output"]
+        if not may_hold_reference(output):
+            return output
+        if any(ref.uuid == uuid for ref in find_and_get_references(output)):
+            raise RuntimeError("Reference cycle detected - aborting.")
+        return find_and_resolve_references(output, self, cache=cache, on_missing=on_missing)
+
+
+def may_hold_reference(obj: Any) -> bool:
+    """Whether ``obj`` may contain a (serialised) jobflow ``OutputReference``.
+
+    One C-speed BSON encoding and a substring search instead of a Python walk; anything
+    that does not encode (objects, numpy arrays) counts as "may".
+    """
+    if obj is None or isinstance(obj, str | int | float | bool):
+        return False
+    import bson
+    from bson.errors import BSONError
+
+    try:
+        raw = bson.encode({"o": obj})
+    except (BSONError, TypeError, ValueError, OverflowError):
+        return True
+    return b"OutputReference" in raw
 
 
 def make_job_store(settings: StoreSettings) -> JobStore:

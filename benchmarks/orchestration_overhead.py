@@ -11,8 +11,9 @@
     (sampling, selection, loop bookkeeping), job I/O and manager, per iteration and over
     the run. Target: the part outside labelling, training and MD at most 5 % of an
     iteration; printed as is and less the evaluation (i.e. bookkeeping only).
-    ``--compare-stores`` runs it twice, side by side: the local stores on montydb alone
-    (before) and through :class:`active_mlip.local_store.IndexedMontyStore` (after).
+    ``--compare-stores`` runs it twice, side by side: before (the local stores on montydb
+    alone, jobflow's ``get_output``) and after (:mod:`active_mlip.local_store`, and
+    ``BlobsFirstJobStore.get_output`` returning outputs without references unwalked).
 
 (b) FireWorks: a chain of N jobs that each sleep ``--work`` seconds, submitted as one
     workflow to a jongodb wire-protocol server (in memory, on this machine) and run by
@@ -217,18 +218,21 @@ def local_overhead(args) -> dict[str, Any]:
 
 
 def compare_stores(args) -> None:
-    """(a) twice, side by side: the local stores on montydb alone (before) and through
-    :class:`~active_mlip.local_store.IndexedMontyStore` (after)."""
+    """(a) twice, side by side: before, the local stores on montydb alone and jobflow's
+    ``get_output``; after, :class:`~active_mlip.local_store.IndexedMontyStore` and
+    :meth:`~active_mlip.stores.BlobsFirstJobStore.get_output` (no walk of outputs
+    without references)."""
     from active_mlip.local_store import IndexedMontyStore
+    from active_mlip.stores import BlobsFirstJobStore
 
     runs = {}
-    for label, indexed in (("montydb alone (before)", False), ("IndexedMontyStore", True)):
-        IndexedMontyStore.indexed = indexed
-        print(f"(a) local stores: {label}")
+    for label, after in (("before: montydb, jobflow's get_output", False), ("after", True)):
+        IndexedMontyStore.indexed = BlobsFirstJobStore.skip_reference_walk = after
+        print(f"(a) {label}")
         try:
             runs[label] = local_overhead(args)
         finally:
-            IndexedMontyStore.indexed = True
+            IndexedMontyStore.indexed = BlobsFirstJobStore.skip_reference_walk = True
     (b_label, before), (a_label, after) = runs.items()
     for key in after["job_io"]:
         b, a = before["job_io"].get(key, 0.0), after["job_io"][key]
@@ -400,8 +404,9 @@ def main() -> None:
     parser.add_argument(
         "--compare-stores",
         action="store_true",
-        help="run (a) twice: the local stores on montydb alone (before), then through "
-        "IndexedMontyStore (after), and print the job I/O of both",
+        help="run (a) twice: before (local stores on montydb alone, jobflow's get_output) "
+        "and after (IndexedMontyStore, no walk of outputs without references); print the "
+        "job I/O of both",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every job")
     args = parser.parse_args()

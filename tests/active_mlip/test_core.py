@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from jobflow import job, run_locally
+from jobflow import Flow, job, run_locally
 
 from active_mlip.blobs import Blob, CorruptArtifactError
 from active_mlip.documents import Document
@@ -102,6 +103,48 @@ def test_file_backed_store_keeps_frames_out_of_job_documents(tmp_path):
     assert "blob_uuid" in json.dumps(doc["output"]["frames"])
     out = store.get_output(j.uuid, load=True)
     assert Frame.model_validate(out["frames"][0]) == labelled_cu()
+
+
+@job
+def _add(a: float, b: float) -> float:
+    return a + b
+
+
+@job
+def _adds_a_job(x: float) -> Any:
+    from jobflow import Response
+
+    inner = _add(x, 1.0)  # a new job: its output is a reference in this one's
+    return Response(addition=inner, output={"n": 2, "value": inner.output})
+
+
+def test_get_output_skips_the_walk_only_without_references(tmp_path, monkeypatch):
+    import jobflow.core.reference as reference
+
+    from active_mlip.stores import may_hold_reference
+
+    store = make_job_store(StoreSettings(local_path=tmp_path))
+    plain, dynamic = _make_frames(2), _adds_a_job(2.0)
+    run_locally(Flow([plain, dynamic]), store=store, ensure_success=True, log=False)
+    store.connect()
+    # an output that holds a reference (to a job it added) is still resolved
+    assert store.get_output(dynamic.uuid)["value"] == 3.0
+    assert may_hold_reference(store.docs_store.query_one({"uuid": dynamic.uuid})["output"])
+    # a plain output comes back as jobflow returns it, without the Python walk
+    walked = []
+    original = reference.find_and_resolve_references
+    monkeypatch.setattr(
+        reference,
+        "find_and_resolve_references",
+        lambda *a, **k: walked.append(1) or original(*a, **k),
+    )
+    out = store.get_output(plain.uuid, load=True)
+    assert Frame.model_validate(out["frames"][1]) == labelled_cu() and not walked
+    assert store.get_output(dynamic.uuid)["value"] == 3.0 and walked
+    assert not may_hold_reference({"frames": [labelled_cu().model_dump()], "n": 1})
+    assert may_hold_reference({"a": np.zeros(2)})  # not BSON: may, and jobflow walks it
+    with pytest.raises(ValueError, match="has no outputs"):
+        store.get_output("no-such-uuid")
 
 
 def test_result_cache_is_idempotent(tmp_path):
