@@ -150,10 +150,10 @@ class BlobsFirstJobStore(JobStore):
 
         jobflow looks for output references in every output it returns by sanitising it
         and walking it in Python, twice (a cycle check, then the resolution). For a loop
-        state or an ensemble with its frames that walk was most of a job's I/O (millions of
-        calls per iteration, ``benchmarks/orchestration_overhead.py``). An output whose
-        BSON does not contain the name ``OutputReference`` cannot hold one, and jobflow
-        would return it unchanged: it is returned as it is.
+        state or an ensemble with its frames that walk was most of a job's I/O (millions
+        of calls per run of the ``quick`` loop, ``benchmarks/orchestration_overhead.py``).
+        An output whose BSON does not contain the name ``OutputReference`` cannot hold
+        one, and jobflow would return it unchanged: it is returned as it is.
         """
         one = isinstance(which, int) or which in {"last", "first"}
         if not (self.skip_reference_walk and one):
