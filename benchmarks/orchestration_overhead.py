@@ -205,8 +205,9 @@ def local_overhead(args) -> dict[str, Any]:
         io[key] = parts["job I/O"]
         if key != "initial data":
             shares.append(share)
-    whole = print_split("    whole flow", split_times(recs), flow_wall)
-    io["whole flow"] = split_times(recs)["job I/O"]
+    whole_parts = split_times(recs)
+    whole = print_split("    whole flow", whole_parts, flow_wall)
+    io["whole flow"] = whole_parts["job I/O"]
     worst = tuple(max(s[i] for s in shares) for i in (0, 1)) if shares else whole
     for i, what in enumerate(("outside labelling/training/MD", "bookkeeping")):
         verdict = "MET" if worst[i] <= LOCAL_TARGET else "MISSED"
