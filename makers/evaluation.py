@@ -26,7 +26,9 @@ from makers.selection import (
     SelectionSettings,
     anharmonicity_score,
     minimum_image_displacements,
+    reference_at,  # noqa: F401  (re-exported: where the statistics are made)
     reference_statistics,
+    split_by_temperature,
 )
 
 if TYPE_CHECKING:
@@ -53,7 +55,14 @@ class EvaluationDocument(Document):
     mae_sigma_a: float | None = Field(
         None, description="MAE of per-frame σ^A, predicted vs reference (None without fc)."
     )
-    reference: ReferenceStatistics
+    reference: ReferenceStatistics = Field(description="Statistics over the whole test set.")
+    reference_by_temperature: dict[str, ReferenceStatistics] = Field(
+        default_factory=dict,
+        description="The same over the test frames of each temperature (K, as str; frames "
+        "carry info['temperature']); a walker at T is judged against its own temperature's "
+        "statistics, never a pool of several (pooling 600 K frames would switch P_E off at "
+        "300 K). Temperatures with fewer than 2 test frames are absent.",
+    )
     predictions: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Per-frame lists: structure_hash, n_atoms, energy_ref/pred_per_atom (eV), "
@@ -159,9 +168,17 @@ def evaluate_ensemble(
         mae_sigma_a = float(
             np.mean(np.abs(np.array(pred["sigma_a_pred"]) - np.array(pred["sigma_a_ref"])))
         )
-    stats = reference_statistics(
-        pred[f"u_{selection.key}"], [r["energy"] for r in results], selection.key
+    energies = [r["energy"] for r in results]
+    stats = reference_statistics(pred[f"u_{selection.key}"], energies, selection.key)
+    groups = split_by_temperature(
+        {"u": pred[f"u_{selection.key}"], "e": energies},
+        [f.info.get("temperature") for f in test_frames],
     )
+    by_t = {
+        key: reference_statistics(g["u"], g["e"], selection.key)
+        for key, g in groups.items()
+        if key != "*" and len(g["u"]) >= 2
+    }
     return EvaluationDocument(
         n_frames=len(test_frames),
         n_members=calc.size,
@@ -171,6 +188,7 @@ def evaluate_ensemble(
         rmse_forces_meV_per_A=float(np.sqrt(np.mean(df_all**2))),
         mae_sigma_a=mae_sigma_a,
         reference=stats,
+        reference_by_temperature=by_t,
         predictions=pred,
     )
 

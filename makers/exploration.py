@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,7 +35,7 @@ import numpy as np
 from ase import Atoms, units
 from ase.data import covalent_radii
 from jobflow import JobConfig, Maker, job
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from active_mlip.documents import Document
 from active_mlip.frames import Frame
@@ -45,7 +46,9 @@ from makers.selection import (
     SelectionSettings,
     acceptance_terms,
     draw_acceptance,
+    reference_at,
     select_period,
+    thermal_reference,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,22 +79,45 @@ class ExplorationSettings(Document):
 
     ensemble: Literal["nvt", "npt"] = Field(
         "nvt",
-        description="'nvt': Langevin (the paper). 'npt': Berendsen weak coupling of temperature "
-        "and pressure (isotropic cell scaling; for thermal expansion, not exact NPT sampling; "
-        "two force evaluations per step because the cell rescale moves the atoms).",
+        description="'nvt': Langevin (the paper). 'npt': the isothermal-isobaric ensemble by "
+        "ASE's isotropic MTK integrator with Nosé-Hoover chains (makers.npt; for thermal "
+        "expansion); P_E then compares the enthalpy E + PV.",
     )
     timestep_fs: float = Field(2.0, gt=0, le=10, description="MD time step (fs), in (0, 10].")
     friction: float = Field(
         0.02, gt=0, description="Langevin friction in ASE units (1/ASE time), as in the paper."
     )
     loginterval: int = Field(10, ge=1, description="Score a frame every this many steps.")
-    max_steps: int = Field(2000, ge=1, description="Step budget of one exploration.")
-    pressure_gpa: float = Field(0.0, description="Target pressure for 'npt' (GPa).")
-    compressibility_per_gpa: float = Field(
-        0.02, gt=0, description="Berendsen barostat compressibility (1/GPa), for 'npt'."
+    budget_ps: float = Field(
+        4.0,
+        gt=0,
+        description="MLIP-MD time budget of one exploration (ps), equilibration included: "
+        "the walker runs until its quota is filled or this much MD was run.",
     )
-    taut_fs: float = Field(100.0, gt=0, description="Berendsen thermostat time (fs), 'npt'.")
-    taup_fs: float = Field(1000.0, gt=0, description="Berendsen barostat time (fs), 'npt'.")
+    equilibration_ps: float = Field(
+        0.0,
+        ge=0,
+        description="Thermalisation (ps): frames are scored only after it (the first steps "
+        "of a trajectory started from the ground state or from a previous ensemble's MD are "
+        "not distributed like the thermal ensemble at T).",
+    )
+    thermal_window_ps: float = Field(
+        0.0,
+        ge=0,
+        description="> 0: after equilibration, the ensemble's own MD over this window (ps) "
+        "sets the energetic reference Ē, σ_E of P_E at this temperature (see "
+        "makers.selection.thermal_reference); its frames are scored once it closes. "
+        "0: P_E uses the test set's energies.",
+    )
+    pressure_gpa: float = Field(0.0, description="Target pressure for 'npt' (GPa).")
+    taut_fs: float = Field(
+        100.0, gt=0, description="Thermostat time constant of 'npt' (fs; ~100 time steps)."
+    )
+    taup_fs: float = Field(
+        1000.0,
+        gt=0,
+        description="Barostat time constant of 'npt' (fs; a few hundred fs to ~1000 steps).",
+    )
     reuse_velocities: bool = Field(
         True,
         description="Start from info['velocities'] of the start frame when it was made at "
@@ -123,12 +149,59 @@ class ExplorationSettings(Document):
         "ensemble's energy and forces (screening diagnostics); 0 keeps none.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_max_steps(cls, data: Any) -> Any:
+        # Before budget_ps, the budget was a step count; old files and callers still work.
+        if isinstance(data, dict) and "max_steps" in data:
+            data = dict(data)
+            steps = data.pop("max_steps")  # wins over budget_ps: it is the override
+            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+                raise ValueError(f"max_steps must be an integer >= 1, got {steps!r}")
+            data["budget_ps"] = steps * float(data.get("timestep_fs", 2.0)) / 1000.0
+        return data
+
     @field_validator("timestep_fs")
     @classmethod
     def _sane_timestep(cls, v: float) -> float:
         if not np.isfinite(v):
             raise ValueError(f"timestep_fs must be finite, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _phases_fit_the_budget(self) -> ExplorationSettings:
+        before = self.equilibration_ps + self.thermal_window_ps
+        if before >= self.budget_ps:
+            raise ValueError(
+                f"equilibration_ps ({self.equilibration_ps:g}) + thermal_window_ps "
+                f"({self.thermal_window_ps:g}) = {before:g} ps must be shorter than the MD "
+                f"budget budget_ps ({self.budget_ps:g} ps): nothing would be scored"
+            )
+        if self.thermal_window_ps > 0 and self.window_steps < 2 * self.loginterval:
+            raise ValueError(
+                f"thermal_window_ps ({self.thermal_window_ps:g} ps) holds fewer than 2 frames "
+                f"logged every {self.loginterval} steps of {self.timestep_fs:g} fs"
+            )
+        return self
+
+    def steps(self, ps: float) -> int:
+        """Number of MD steps in ``ps`` picoseconds."""
+        return int(round(ps * 1000.0 / self.timestep_fs))
+
+    @property
+    def max_steps(self) -> int:
+        """Step budget of one exploration (from ``budget_ps``)."""
+        return max(1, self.steps(self.budget_ps))
+
+    @property
+    def equilibration_steps(self) -> int:
+        """Steps before any frame is scored or enters the thermal window."""
+        return self.steps(self.equilibration_ps)
+
+    @property
+    def window_steps(self) -> int:
+        """Steps of the thermal window (0: P_E against the test set)."""
+        return self.steps(self.thermal_window_ps)
 
 
 class ExplorationDocument(Document):
@@ -156,6 +229,19 @@ class ExplorationDocument(Document):
         "ensemble's energy_mlip, forces_mlip and uncertainties (for checks by the reference).",
     )
     last_frame: Frame = Field(description="Last sane configuration, velocities in info.")
+    md_ps: float = Field(0.0, description="MLIP-MD time run (ps), equilibration included.")
+    equilibration_steps: int = Field(0, description="Steps run before scoring could start.")
+    acceptance_reference: ReferenceStatistics | None = Field(
+        None,
+        description="The statistics this walker's frames were scored against: Ū, σ_U of the "
+        "test set at this temperature and Ē, σ_E of the thermal window (or the test set).",
+    )
+    energy_reference_source: Literal["thermal-md", "test-set"] = "test-set"
+    n_precursors: int = Field(
+        0,
+        description="Frames taken from just before a blow-up (the ensemble's last sane "
+        "configurations, highest U first) to fill the quota: where the model goes wrong.",
+    )
     n_force_evaluations: int = Field(0, description="Ensemble evaluations (graph builds).")
     n_forward_passes: int = Field(0, description="Member forward passes (M per evaluation).")
     wall_seconds: float = 0.0
@@ -259,17 +345,10 @@ def _make_dynamics(atoms: Atoms, temperature: float, s: ExplorationSettings, rng
         return Langevin(
             atoms, dt, temperature_K=temperature, friction=s.friction, fixcm=False, rng=rng
         )
-    from ase.md.nptberendsen import NPTBerendsen
+    from makers.npt import make_npt_dynamics
 
-    return NPTBerendsen(
-        atoms,
-        dt,
-        temperature_K=temperature,
-        pressure_au=s.pressure_gpa * units.GPa,
-        compressibility_au=s.compressibility_per_gpa / units.GPa,
-        taut=s.taut_fs * units.fs,
-        taup=s.taup_fs * units.fs,
-        fixcm=True,
+    return make_npt_dynamics(
+        atoms, temperature, s.timestep_fs, s.pressure_gpa, s.taut_fs, s.taup_fs, rng
     )
 
 
@@ -286,6 +365,19 @@ def _snapshot(atoms: Atoms) -> dict[str, np.ndarray]:
         "cell": atoms.cell.array.copy(),
         "velocities": atoms.get_velocities().copy(),
     }
+
+
+@dataclass
+class _Logged:
+    """A logged MD step: the frame and what the ensemble said of it."""
+
+    step: int
+    frame: Frame
+    energy: float
+    p_energy: float  # what P_E compares: E, or the enthalpy E + PV in NPT
+    uncertainty: dict[str, float]
+    forces: np.ndarray
+    t_kin: float
 
 
 class _Walker:
@@ -324,7 +416,7 @@ class _Walker:
         if settings.ensemble == "npt" and not getattr(calc, "compute_stress", True):
             raise ValueError("NPT exploration needs a calculator built with compute_stress=True")
 
-        self.start, self.reference, self.temperature, self.n_new = (
+        self.start, self.test_reference, self.temperature, self.n_new = (
             start,
             reference,
             temperature,
@@ -355,6 +447,13 @@ class _Walker:
         self.step = 0
         self.e0_per_atom = 0.0
         self.last_sane: dict[str, np.ndarray] | None = None
+        # Acceptance statistics: the test set's, or the walker's own thermal window's.
+        self.window: list[_Logged] = []
+        self.reference: ReferenceStatistics | None = (
+            None if settings.window_steps > 0 else reference
+        )
+        # The last few sane logged frames, to label when the MD blows up (see document()).
+        self.recent: deque[tuple[float, Frame]] = deque(maxlen=max(1, min(n_new, 5)))
         self.n_force_evaluations = 0
         self.n_forward_passes = 0
         self.wall_seconds: float | None = None  # set when the walker stops
@@ -393,29 +492,72 @@ class _Walker:
             return
         self.last_sane = _snapshot(self.atoms)
         if step % s.loginterval == 0:
-            self._score(results)
-            if self.selection.mode == "probabilistic" and len(self.candidates) >= self.n_new:
+            snap = self._snapshot(results)
+            self.recent.append((float(snap.uncertainty[self.key]), snap.frame))
+            if step <= s.equilibration_steps:
+                pass  # thermalising: not yet distributed like the ensemble at T
+            elif self.reference is None:
+                self.window.append(snap)
+                if step >= s.equilibration_steps + s.window_steps:
+                    self.reference = thermal_reference(
+                        self.key,
+                        [w.uncertainty[self.key] for w in self.window],
+                        [w.p_energy for w in self.window],
+                    )
+                    for w in self.window:  # the window's frames are thermalised too
+                        self._score(w)
+                        if self._quota_met():
+                            break
+                    self.window = []
+            else:
+                self._score(snap)
+            if self._quota_met():
                 self._stop("quota")
                 return
         if step >= s.max_steps:
             self._stop("budget")
 
-    def _score(self, results: dict) -> None:
-        """Score this frame from the results of this very step (no extra forward pass)."""
-        atoms, step, s = self.atoms, self.step, self.settings
-        unc = results["uncertainty"]
-        u = float(unc[self.key])
+    def _quota_met(self) -> bool:
+        return self.selection.mode == "probabilistic" and len(self.candidates) >= self.n_new
+
+    def _snapshot(self, results: dict) -> _Logged:
+        """What scoring needs of the current step, kept (the thermal window scores later)."""
+        atoms = self.atoms
+        return _Logged(
+            step=self.step,
+            frame=Frame.from_atoms(atoms, include_results=False, step=self.step),
+            energy=float(results["energy"]),
+            p_energy=self._energy(results),
+            uncertainty={k: float(v) for k, v in results["uncertainty"].items()},
+            forces=np.asarray(results["forces"], dtype=float).copy(),
+            t_kin=float(atoms.get_temperature()),
+        )
+
+    def _energy(self, results: dict) -> float:
+        """The energy P_E compares: E at fixed volume, the enthalpy E + PV in NPT."""
         energy = float(results["energy"])
+        if self.settings.ensemble == "npt":
+            from makers.npt import enthalpy
+
+            return enthalpy(energy, self.atoms.get_volume(), self.settings.pressure_gpa)
+        return energy
+
+    def _score(self, snap: _Logged) -> None:
+        """Score a logged frame from the results of its own step (no extra forward pass)."""
+        step, s = snap.step, self.settings
+        unc = snap.uncertainty
+        u = float(unc[self.key])
+        energy = snap.energy
         p_u, p_e, p = (
-            float(x) for x in acceptance_terms(u, energy, self.reference, self.selection)
+            float(x) for x in acceptance_terms(u, snap.p_energy, self.reference, self.selection)
         )
         accepted = bool(draw_acceptance(p, self.rng_accept))  # drawn for every frame
-        t_kin = float(atoms.get_temperature())
+        t_kin = snap.t_kin
         row = (
             step,
             step * s.timestep_fs,
             energy,
-            energy / len(atoms),
+            energy / len(snap.frame.numbers),
             u,
             float(unc["energy"]),
             float(unc["force_mean"]),
@@ -444,12 +586,12 @@ class _Walker:
         }
         frame = None
         if accepted:
-            frame = Frame.from_atoms(atoms, include_results=False).model_copy(update={"info": info})
+            frame = snap.frame.model_copy(update={"info": info})
             self.candidates.append(frame)
         n_scored = len(self.log["step"])
         if s.sample_every and n_scored % s.sample_every == 0:
-            frame = frame or Frame.from_atoms(atoms, include_results=False)
-            forces = np.asarray(results["forces"], dtype=float).tolist()
+            frame = frame or snap.frame
+            forces = snap.forces.tolist()
             self.samples.append(
                 frame.model_copy(
                     update={"info": {**info, "source": "md-sample", "forces_mlip": forces}}
@@ -476,6 +618,26 @@ class _Walker:
             frames = [by_step[log["step"][int(i)]] for i in chosen]
         else:
             frames = candidates[:n_new]
+        n_precursors = 0
+        if self.blowup is not None and len(frames) < n_new:
+            # The configurations just before a blow-up are sane and show where the
+            # ensemble goes wrong: label them rather than learn nothing.
+            taken = {f.info.get("step") for f in frames}
+            info = {
+                "source": "exploration",
+                "temperature": float(self.temperature),
+                "seed": int(self.seed),
+                "uncertainty_key": self.key,
+                "blowup_precursor": True,
+            }
+            for u, f in sorted(self.recent, key=lambda x: -x[0]):
+                step = f.info.get("step")
+                if len(frames) >= n_new or step in taken:
+                    continue
+                dt = self.settings.timestep_fs
+                extra = {"step": step, "uncertainty": u, "time_fs": step * dt}
+                frames.append(f.model_copy(update={"info": {**info, **extra}}))
+                n_precursors += 1
 
         if self.last_sane is None:  # the start itself failed the potential checks
             last_frame = self.start.unlabelled()
@@ -509,6 +671,11 @@ class _Walker:
             last_frame=last_frame,
             n_force_evaluations=self.n_force_evaluations,
             n_forward_passes=self.n_forward_passes,
+            md_ps=self.step * self.settings.timestep_fs / 1000.0,
+            equilibration_steps=self.settings.equilibration_steps,
+            acceptance_reference=self.reference,
+            energy_reference_source="thermal-md" if self.settings.window_steps else "test-set",
+            n_precursors=n_precursors,
             wall_seconds=(
                 self.wall_seconds
                 if self.wall_seconds is not None
@@ -528,7 +695,7 @@ class _Walker:
 
 
 def _run_single(calc, walker: _Walker) -> ExplorationDocument:
-    """Integrate one walker with ASE's own dynamics (Langevin or Berendsen NPT)."""
+    """Integrate one walker with ASE's own dynamics (Langevin, or MTK NPT)."""
     atoms = walker.atoms
     atoms.calc = calc
     dyn = _make_dynamics(atoms, walker.temperature, walker.settings, walker.rng_md)
@@ -650,7 +817,7 @@ def _evaluate_walkers(calc, walkers: list[_Walker]) -> list[dict]:
 def run_exploration_walkers(
     calc,
     starts: Sequence[Frame],
-    reference: ReferenceStatistics,
+    reference: ReferenceStatistics | Sequence[ReferenceStatistics],
     temperatures: Sequence[float],
     n_new: int | Sequence[int],
     settings: ExplorationSettings | None = None,
@@ -675,7 +842,8 @@ def run_exploration_walkers(
         One start configuration per walker (any sizes and cells; see :func:`run_exploration`
         for the reuse of ``info['velocities']``).
     reference
-        Test-set statistics of the same uncertainty key as ``selection.key``.
+        Test-set statistics of the same uncertainty key as ``selection.key``: one for all
+        walkers, or one per walker (each walker's own temperature's).
     temperatures
         Target temperature (K) per walker, each > 0.
     n_new
@@ -683,7 +851,7 @@ def run_exploration_walkers(
     settings, selection
         MD and acceptance settings, shared by the walkers (defaults when ``None``).
         With ``settings.ensemble == "npt"`` the walkers run one after the other through
-        :func:`run_exploration` (Berendsen NPT is not batched); the results are the same.
+        :func:`run_exploration` (MTK NPT is not batched); the results are the same.
     seeds
         One seed per walker (three streams each, as in :func:`run_exploration`).
 
@@ -709,6 +877,10 @@ def run_exploration_walkers(
         quotas = [int(n_new)] * len(starts)
     else:
         quotas = [int(n) for n in n_new]
+    if isinstance(reference, ReferenceStatistics):
+        references = [reference] * len(starts)
+    else:
+        references = list(reference)
     if not starts:
         raise ValueError("run_exploration_walkers needs at least one start structure")
     lengths = {
@@ -716,13 +888,16 @@ def run_exploration_walkers(
         "temperatures": len(temperatures),
         "n_new": len(quotas),
         "seeds": len(seeds),
+        "reference": len(references),
     }
     if len(set(lengths.values())) != 1:
         raise ValueError(f"one value per walker is needed, got lengths {lengths}")
     # Every walker is validated (and its velocities drawn) before any MD starts.
     walkers = [
-        _Walker(calc, start, reference, t, n, settings, selection, seed)
-        for start, t, n, seed in zip(starts, temperatures, quotas, seeds, strict=True)
+        _Walker(calc, start, ref, t, n, settings, selection, seed)
+        for start, ref, t, n, seed in zip(
+            starts, references, temperatures, quotas, seeds, strict=True
+        )
     ]
     if settings.ensemble == "npt":
         logger.info("npt exploration is not batched: running %d walkers in turn", len(walkers))
@@ -786,7 +961,7 @@ def exploration_cache_key(
 def exploration_batch_cache_key(
     ensemble: EnsembleDocument,
     starts: Sequence[Frame],
-    reference: ReferenceStatistics,
+    reference: ReferenceStatistics | Sequence[ReferenceStatistics],
     temperatures: Sequence[float],
     n_new: int,
     settings: ExplorationSettings,
@@ -794,9 +969,11 @@ def exploration_batch_cache_key(
     seeds: Sequence[int],
 ) -> str:
     """Content key of a batch of walkers: the ordered keys of its walkers."""
+    if isinstance(reference, ReferenceStatistics):
+        reference = [reference] * len(starts)
     walkers = [
-        exploration_cache_key(ensemble, start, reference, t, n_new, settings, selection, seed)
-        for start, t, seed in zip(starts, temperatures, seeds, strict=True)
+        exploration_cache_key(ensemble, start, ref, t, n_new, settings, selection, seed)
+        for start, ref, t, seed in zip(starts, reference, temperatures, seeds, strict=True)
     ]
     return content_hash({"kind": "exploration_batch", "walkers": walkers})
 
@@ -852,12 +1029,18 @@ class ExplorationMaker(Maker):
         temperature: float,
         n_new: int,
         seed: int,
+        by_temperature: dict[str, ReferenceStatistics] | None = None,
     ) -> ExplorationDocument:
-        """Explore at ``temperature`` from ``start`` until ``n_new`` frames are accepted."""
+        """Explore at ``temperature`` from ``start`` until ``n_new`` frames are accepted.
+
+        ``by_temperature`` (an evaluation's per-temperature statistics) takes precedence
+        over ``reference`` for this temperature.
+        """
         from active_mlip.stores import ResultCache
         from makers.ensemble import EnsembleCalculator
 
         _check_job_input(ensemble, start, temperature, n_new, self.settings)
+        reference = reference_at(reference, by_temperature, temperature)
         key = exploration_cache_key(
             ensemble, start, reference, temperature, n_new, self.settings, self.selection, seed
         )
@@ -885,6 +1068,7 @@ class ExplorationMaker(Maker):
         temperatures: list[float],
         n_new: int,
         seeds: list[int],
+        by_temperature: dict[str, ReferenceStatistics] | None = None,
     ) -> ExplorationBatchDocument:
         """Explore from ``starts[i]`` at ``temperatures[i]`` with ``seeds[i]``, batched.
 
@@ -902,10 +1086,11 @@ class ExplorationMaker(Maker):
             raise ValueError("make_walkers needs at least one start structure")
         for start, temperature in zip(starts, temperatures, strict=True):
             _check_job_input(ensemble, start, temperature, n_new, self.settings)
+        references = [reference_at(reference, by_temperature, t) for t in temperatures]
         key = exploration_batch_cache_key(
             ensemble,
             starts,
-            reference,
+            references,
             temperatures,
             n_new,
             self.settings,
@@ -927,7 +1112,7 @@ class ExplorationMaker(Maker):
         docs = run_exploration_walkers(
             calc,
             starts,
-            reference,
+            references,
             temperatures,
             n_new,
             self.settings,

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 N_ACOUSTIC = 3
 #: info key that ties a displaced frame to its phonopy displacement (-1 = undisplaced).
 FC_INDEX_KEY = "fc_displacement"
+#: A mode with ω² <= this fraction of max |ω²| counts as unstable (or zero).
+UNSTABLE_RTOL = 1e-8
+#: THz per unit of ω in ASE units (1/ASE time): ω/(2π) with 1 ASE time = 1/units.fs fs.
+THZ_PER_ASE_OMEGA = units.fs * 1e3 / (2 * np.pi)
 
 
 class _FrameLabeller(Protocol):
@@ -42,6 +46,17 @@ class _FrameLabeller(Protocol):
 
 
 # -- documents ---------------------------------------------------------------------------
+class UnstableMode(Document):
+    """A normal mode of the supercell with ω² <= 0: R0 is not a minimum along it."""
+
+    index: int = Field(description="Mode index, ω² ascending (as in :func:`normal_modes`).")
+    omega2: float = Field(description="ω² (eV/(Å²·amu)); <= 0.")
+    frequency_thz: float = Field(
+        description="Frequency (THz), negative for imaginary: -sqrt(|ω²|)/(2π), phonopy's sign."
+    )
+    action: str = Field("skipped", description="What harmonic sampling did with the mode.")
+
+
 class ForceConstantsDocument(Document):
     """Force constants of a supercell (the ground state), with its labelled reference."""
 
@@ -55,6 +70,10 @@ class ForceConstantsDocument(Document):
     symmetrized: bool = True
     max_row_sum: float = Field(
         0.0, description="max |Σ_j Φ_ij| (eV/Å^2): violation of the acoustic sum rule."
+    )
+    unstable_modes: list[UnstableMode] = Field(
+        default_factory=list,
+        description="Non-translational modes with ω² <= 0 (R0 is not a minimum along them).",
     )
 
     def fc_array(self) -> np.ndarray:
@@ -82,6 +101,9 @@ class HarmonicSamplesDocument(Document):
     n_samples: int
     seed: int
     quantum: bool = False
+    skipped_modes: list[UnstableMode] = Field(
+        default_factory=list, description="Unstable modes the samples do not move along."
+    )
 
 
 # -- phonopy helpers -----------------------------------------------------------------------
@@ -191,7 +213,7 @@ def force_constants_from_frames(
     )
     reference.info.pop(FC_INDEX_KEY, None)
     row_sum = np.abs(fc.reshape(3 * n, n, 3).sum(axis=1)).max()
-    return ForceConstantsDocument(
+    doc = ForceConstantsDocument(
         reference=reference,
         force_constants=fc.tolist(),
         displacement=displacement,
@@ -200,6 +222,15 @@ def force_constants_from_frames(
         symmetrized=symmetrize,
         max_row_sum=float(row_sum),
     )
+    doc.unstable_modes = unstable_modes(doc)
+    if doc.unstable_modes:
+        logger.warning(
+            "force constants: %d unstable modes (ω² <= 0), lowest %.3g THz: the reference "
+            "is not a minimum of the labeller's potential",
+            len(doc.unstable_modes),
+            doc.unstable_modes[0].frequency_thz,
+        )
+    return doc
 
 
 def compute_force_constants(
@@ -311,6 +342,50 @@ def normal_modes(fc_doc: ForceConstantsDocument) -> tuple[np.ndarray, np.ndarray
     return w2, vecs, masses
 
 
+def _unstable_threshold(w2: np.ndarray) -> float:
+    """ω² at or below which a mode is unstable (or zero): relative to the stiffest mode."""
+    return UNSTABLE_RTOL * max(float(np.abs(w2).max()), 1e-12)
+
+
+def frequency_thz(omega2: float | np.ndarray) -> float | np.ndarray:
+    """Frequency (THz) from ω² (eV/(Å²·amu)); negative for ω² < 0 (imaginary), as phonopy."""
+    w2 = np.asarray(omega2, dtype=float)
+    f = np.sign(w2) * np.sqrt(np.abs(w2)) * THZ_PER_ASE_OMEGA
+    return float(f) if f.ndim == 0 else f
+
+
+def acoustic_modes(vecs: np.ndarray, masses: np.ndarray) -> np.ndarray:
+    """Indices of the 3 modes closest to rigid translations (sorted).
+
+    A mode with ω² < 0 sorts *below* the three ω² ≈ 0 translations, so "the lowest three"
+    would mistake the most unstable modes for translations; the overlap with the
+    mass-weighted translations does not.
+    """
+    sqrt_m = np.sqrt(masses).reshape(-1, 3)
+    trans = np.zeros((masses.size, 3))
+    for a in range(3):
+        t = np.zeros_like(sqrt_m)
+        t[:, a] = sqrt_m[:, a]
+        trans[:, a] = t.ravel() / np.linalg.norm(t)
+    overlap = ((trans.T @ vecs) ** 2).sum(axis=0)
+    return np.sort(np.argsort(-overlap, kind="stable")[:N_ACOUSTIC])
+
+
+def unstable_modes(fc_doc: ForceConstantsDocument) -> list[UnstableMode]:
+    """Modes other than the 3 translations with ω² <= the threshold of :func:`harmonic_samples`.
+
+    They mean R0 is not a minimum of the labeller's potential (a saddle point).
+    Harmonic sampling skips them, so the samples hold no displacement along them.
+    """
+    w2, vecs, masses = normal_modes(fc_doc)
+    is_unstable = w2 <= _unstable_threshold(w2)
+    is_unstable[acoustic_modes(vecs, masses)] = False
+    return [
+        UnstableMode(index=int(k), omega2=float(w2[k]), frequency_thz=frequency_thz(w2[k]))
+        for k in np.flatnonzero(is_unstable)
+    ]
+
+
 def harmonic_samples(
     fc_doc: ForceConstantsDocument,
     temperature: float,
@@ -325,7 +400,8 @@ def harmonic_samples(
     translations (the lowest ω²) are skipped, as are unstable modes (ω² <= 0, logged).
     So the harmonic potential energy and the kinetic energy each average (3N-3)/2·kT,
     the centre of mass does not move, and ASE's ``get_temperature`` (which counts 3N
-    degrees of freedom) averages (3N-3)/(3N)·T.
+    degrees of freedom) averages (3N-3)/(3N)·T. :func:`unstable_modes` lists the
+    skipped unstable modes.
 
     Parameters
     ----------
@@ -351,10 +427,9 @@ def harmonic_samples(
     if n < 1:
         raise ValueError(f"number of samples must be >= 1, got {n}")
     w2, vecs, masses = normal_modes(fc_doc)
-    scale = max(float(np.abs(w2).max()), 1e-12)
     keep = np.zeros_like(w2, dtype=bool)
     keep[N_ACOUSTIC:] = True
-    unstable = keep & (w2 <= 1e-8 * scale)
+    unstable = keep & (w2 <= _unstable_threshold(w2))
     if unstable.any():
         logger.warning(
             "harmonic sampling: %d unstable modes (ω² <= 0) skipped; min ω² = %.3g eV/(Å² amu)",
@@ -426,6 +501,7 @@ class HarmonicSamplingMaker(Maker):
             n_samples=n_samples,
             seed=seed,
             quantum=self.quantum,
+            skipped_modes=unstable_modes(fc_doc),
         )
 
 

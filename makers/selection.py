@@ -221,6 +221,65 @@ def reference_statistics(
     )
 
 
+def thermal_reference(
+    key: str, u: Sequence[float] | np.ndarray, energies: Sequence[float] | np.ndarray
+) -> ReferenceStatistics:
+    """Acceptance statistics from the ensemble's own thermalised MD at one temperature.
+
+    The paper measures Ū, σ_U, Ē, σ_E on its test set, which is aiMD at T: a sample of the
+    thermal ensemble at T. A harmonic test set is no such sample for an anharmonic
+    material (64-atom CuI at 300 K: every MD frame sits at z = 4-9 of its energies, so
+    P_E vetoes them all), and its U describes harmonic displacements, not the walker's
+    ensemble. The walker's own MD over a thermal window after equilibration, evaluated by
+    the same ensemble, is that sample at no reference cost: frames are then accepted
+    when their uncertainty stands out from the ensemble's typical uncertainty at T, and
+    vetoed when their energy lies far above its thermal energies. The formulas of P_U and
+    P_E are unchanged; only what they are measured against.
+
+    Parameters
+    ----------
+    key
+        The uncertainty key (e.g. ``force_max``).
+    u, energies
+        Uncertainty and ensemble-mean energy (eV; enthalpy in NPT) of the window's
+        frames, >= 2 each.
+
+    Raises
+    ------
+    ValueError
+        Too few frames, a non-finite value, or no spread (a std would divide by zero).
+    """
+    return reference_statistics(u, energies, key)
+
+
+def reference_at(
+    reference: ReferenceStatistics,
+    by_temperature: dict[str, ReferenceStatistics] | None,
+    temperature: float,
+) -> ReferenceStatistics:
+    """The statistics a walker at ``temperature`` is judged against.
+
+    Its own temperature's test frames when there are any (>= 2), else the whole test set
+    (e.g. an aiMD test set at one temperature, or a temperature the test set lacks).
+    """
+    return (by_temperature or {}).get(f"{float(temperature):g}", reference)
+
+
+def split_by_temperature(
+    values: dict[str, Sequence[float]], temperatures: Sequence[float | None]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Group per-frame arrays by the frames' temperature (K, as ``f"{T:g}"``).
+
+    Frames without a temperature (e.g. an imported trajectory) are grouped under ``"*"``.
+    """
+    keys = ["*" if t is None else f"{float(t):g}" for t in temperatures]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in dict.fromkeys(keys):
+        idx = np.array([i for i, k in enumerate(keys) if k == key])
+        out[key] = {name: np.asarray(v, dtype=float)[idx] for name, v in values.items()}
+    return out
+
+
 # -- anharmonicity ---------------------------------------------------------------------------
 def minimum_image_displacements(
     positions: np.ndarray,

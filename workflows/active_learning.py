@@ -45,8 +45,9 @@ from active_mlip.frames import Frame
 from active_mlip.stores import ResultCache
 from makers.diagnostics import MLIPMinimaMaker, ScreeningDocument, frames_to_check, judge
 from makers.evaluation import EvaluationDocument, TestEvaluationMaker
-from makers.exploration import ExplorationDocument, ExplorationMaker
+from makers.exploration import ExplorationDocument, ExplorationMaker, ExplorationSettings
 from makers.labelling import LabelMaker, label_in_process, labeller_from_dict, validate_frames
+from makers.relax import RelaxMaker, check_can_relax
 from makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker, import_trajectory
 from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelFailure, LabelledBatch
 from makers.training import EnsembleTrainingMaker, TrainingSettings, assign_subsets
@@ -122,6 +123,21 @@ class IterationRecord(Document):
         description="For frames selected in this iteration: predicted uncertainty and the "
         "true force error of this iteration's ensemble once labelled.",
     )
+    md_ps: dict[str, float] = Field(
+        default_factory=dict, description="MLIP-MD run by this iteration's exploration (ps), per K."
+    )
+    acceptance_statistics: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Per temperature (K, as str): what this iteration's exploration judged "
+        "frames against (Ū, σ_U, the P_U = ½ threshold Ū + s·σ_U; Ē, σ_E, the P_E knee "
+        "Ē + knee·σ_E and where Ē came from) and what it found (frames scored, accepted, "
+        "taken from before a blow-up, MD time).",
+    )
+    test_statistics_by_temperature: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="This iteration's ensemble on the test frames of each temperature: "
+        "Ū, σ_U, Ē, σ_E (what the next exploration's P_U is measured against).",
+    )
 
 
 class ScreeningSummary(Document):
@@ -160,6 +176,15 @@ class LoopState(Document):
     screening: ScreeningSummary | None = Field(
         None, description="Verdict of the screening after the first ensemble, when enabled."
     )
+    relaxation: dict[str, Any] | None = Field(
+        None,
+        description="How R0 was relaxed with the labeller: residual forces and stress before "
+        "and after (None when loop.relax is off).",
+    )
+    unstable_modes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Harmonic modes of R0 with ω² <= 0 (frequency, and what sampling did).",
+    )
 
 
 class LoopResult(Document):
@@ -168,6 +193,9 @@ class LoopResult(Document):
     material: str
     converged: bool
     stop_reason: str
+    stop_details: dict[str, Any] = Field(
+        default_factory=dict, description="The numbers that decided the stop."
+    )
     state: LoopState
 
 
@@ -225,8 +253,14 @@ def initial_split(
     reference: Frame,
     e0s: dict[str, float],
     fc_uuid: str,
+    relaxation: Any = None,
+    unstable_modes: list[Any] | None = None,
 ) -> LoopState:
-    """Draw the fixed test set once, assign training subsets, and open the loop state."""
+    """Draw the fixed test set once, assign training subsets, and open the loop state.
+
+    ``relaxation`` (a ``RelaxationDocument``) and ``unstable_modes`` (of the force
+    constants) are recorded in the state for the summary and the report.
+    """
     loop = settings.loop
     frames = list(labelled.frames)
     need = loop.n_test + 2
@@ -236,14 +270,13 @@ def initial_split(
             f"need at least n_test + 2 = {need}. Failures: "
             + "; ".join(f.reason for f in labelled.failures[:3])
         )
-    rng = np.random.default_rng(loop.seed)
-    order = rng.permutation(len(frames))
-    test = [frames[i].with_info(role="test") for i in sorted(order[: loop.n_test])]
+    test_idx, train_idx = split_initial(frames, loop)
+    test = [frames[i].with_info(role="test") for i in test_idx]
     train = [
         frames[i].with_info(
             role="train", iteration=0, source=frames[i].info.get("source", "initial")
         )
-        for i in sorted(order[loop.n_test :][: loop.n_initial])
+        for i in train_idx
     ]
     train = assign_subsets(
         train, settings.training.n_sub, loop.seed, valid_fraction=settings.training.valid_fraction
@@ -265,7 +298,44 @@ def initial_split(
         fc_uuid=fc_uuid,
         test_uuid=uuid,
         started_at=time.time(),
+        relaxation=_relaxation_record(relaxation),
+        unstable_modes=[_plain_model(_dump(m)) for m in unstable_modes or []],
     )
+
+
+def _dump(obj: Any) -> Any:
+    return obj.model_dump() if hasattr(obj, "model_dump") else obj
+
+
+def _relaxation_record(doc: Any) -> dict[str, Any] | None:
+    """The relaxation's numbers without its frame (that is R0, stored with the fc)."""
+    if doc is None:
+        return None
+    data = _plain_model(_dump(doc))
+    data.pop("frame", None)
+    data["settings"] = _plain_model(_dump(data.get("settings")))
+    return data
+
+
+def split_initial(frames: list[Frame], loop: Any) -> tuple[list[int], list[int]]:
+    """Indices of the test set and of the initial training set.
+
+    ``loop.trajectory_split == "time"`` with an aiMD start: training on the first
+    ``n_initial`` frames, testing on the last ``n_test`` (in trajectory order), so the
+    test set lies later in time than anything trained on. Otherwise a seeded shuffle.
+    """
+    if loop.initial == "trajectory" and loop.trajectory_split == "time":
+        n = len(frames)
+        if n < loop.n_initial + loop.n_test:
+            raise ValueError(
+                f"a time-ordered split needs n_initial + n_test = "
+                f"{loop.n_initial + loop.n_test} frames; the trajectory has {n}"
+            )
+        order = sorted(range(n), key=lambda i: frames[i].info.get("aimd_index", i))
+        return sorted(order[n - loop.n_test :]), sorted(order[: loop.n_initial])
+    rng = np.random.default_rng(loop.seed)
+    order = rng.permutation(len(frames))
+    return sorted(order[: loop.n_test]), sorted(order[loop.n_test :][: loop.n_initial])
 
 
 @job(data=CANDIDATE_FIELDS, config=JobConfig(expose_store=True))
@@ -410,12 +480,14 @@ def merge(
     labels_used: int | None = None,
     screening: ScreeningSummary | None = None,
     budget_limited: bool = False,
+    facts: dict[str, Any] | None = None,
 ) -> LoopState:
     """Add the newly labelled frames to the training subsets; advance the MD starts.
 
     ``history``, ``labels_used`` and ``screening`` are the controller's record up to this
     iteration (small, passed by value: the controller's updated state is not stored
-    anywhere else).
+    anywhere else); ``facts`` are the exploration's per-temperature numbers
+    (:func:`exploration_facts`).
     """
     new = [f.with_info(role="train") for f in labelled.frames]
     train = assign_subsets(
@@ -444,6 +516,7 @@ def merge(
         "calibration": calibration,
         "budget_limited": bool(budget_limited),
         "n_blowups": sum(doc.stopped_by == "blowup" for doc in explorations),
+        **(facts or {}),
     }
     return state.model_copy(
         update={
@@ -533,6 +606,10 @@ def decide(
         finished_at=now,
         ensemble_uuid=ensemble_uuid,
         evaluation_uuid=evaluation_uuid,
+        test_statistics_by_temperature={
+            t: {"u_mean": r.u_mean, "u_std": r.u_std, "e_mean": r.e_mean, "e_std": r.e_std}
+            for t, r in evaluation.reference_by_temperature.items()
+        },
     )
     history = list(state.history)
     if history and pending:
@@ -551,6 +628,8 @@ def decide(
                 "exploration_uuids": exploration_uuids,
                 "label_uuid": label_uuid,
                 "calibration": pending["calibration"],
+                "md_ps": pending.get("md_ps", {}),
+                "acceptance_statistics": pending.get("acceptance_statistics", {}),
             }
         )
     history.append(record)
@@ -584,7 +663,11 @@ def decide(
         converged, reason = stop
         logger.info("%s: stopping after iteration %d: %s", state.material, state.iteration, reason)
         return LoopResult(
-            material=state.material, converged=converged, stop_reason=reason, state=state
+            material=state.material,
+            converged=converged,
+            stop_reason=reason,
+            stop_details=plateau(state.history, settings.loop),
+            state=state,
         )
 
     next_flow = _iteration_flow(state=state, settings=settings, uuids=uuids)
@@ -612,8 +695,16 @@ def _screening_flow(
     tag(links, "glue")
     state_ref = links.output["state"]
     n_scored = max(1, scr.md_steps // settings.exploration.loginterval)
-    md_settings = settings.exploration.model_copy(
-        update={"max_steps": scr.md_steps, "sample_every": max(1, n_scored // scr.n_check)}
+    # The screening MD is judged by its own diagnostics along the whole trajectory
+    # (makers.diagnostics), from its first step: no equilibration or thermal window.
+    md_settings = ExplorationSettings.model_validate(
+        {
+            **settings.exploration.model_dump(),
+            "max_steps": scr.md_steps,
+            "equilibration_ps": 0.0,
+            "thermal_window_ps": 0.0,
+            "sample_every": max(1, n_scored // scr.n_check),
+        }
     )
     explorer = ExplorationMaker(settings=md_settings, selection=settings.selection)
     md = explorer.make_walkers(
@@ -711,24 +802,56 @@ def screening_gate(
     return Response(replace=next_flow)
 
 
+def plateau(history: list[IterationRecord], loop: Any) -> dict[str, Any]:
+    """The numbers of the convergence test over the last ``loop.converge_window`` iterations.
+
+    Converged means a plateau of the test set's force MAE and of σ_U, the spread of the
+    uncertainty over the test set (ALmoMD's criterion): the relative range
+    (max − min)/max of each over the window is within its tolerance.
+    """
+    w = loop.converge_window
+    recent = history[-w:]
+    out: dict[str, Any] = {
+        "window": w,
+        "iterations": [h.iteration for h in recent],
+        "test_mae_forces_meV_per_A": [h.test_mae_forces_meV_per_A for h in recent],
+        "uncertainty_std": [h.uncertainty_std for h in recent],
+        "force_mae_rtol": loop.force_mae_rtol,
+        "uncertainty_rtol": loop.uncertainty_rtol,
+    }
+    if len(recent) < w:
+        return {**out, "plateau": False}
+    rel = {
+        key: (max(v) - min(v)) / max(max(v), 1e-300)
+        for key, v in (
+            ("force_mae_range", out["test_mae_forces_meV_per_A"]),
+            ("uncertainty_std_range", out["uncertainty_std"]),
+        )
+    }
+    ok = rel["force_mae_range"] <= loop.force_mae_rtol and (
+        rel["uncertainty_std_range"] <= loop.uncertainty_rtol
+    )
+    return {**out, **rel, "plateau": bool(ok)}
+
+
 def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple[bool, str] | None:
-    """Return (converged, reason) when the loop should stop after the latest iteration."""
+    """Return (converged, reason) when the loop should stop after the latest iteration.
+
+    An exploration that accepted nothing never reaches here: :func:`proceed` stops the
+    loop before any retraining, with its own reason stated in picoseconds of MD.
+    """
     loop = settings.loop
     history = state.history
-    maes = [h.test_mae_forces_meV_per_A for h in history]
-    w = loop.converge_window
-    if len(maes) > w and state.last_acceptance_fraction is not None:
-        recent = maes[-(w + 1) :]
-        changes = [abs(b - a) / max(a, 1e-12) for a, b in zip(recent[:-1], recent[1:], strict=True)]
-        if (
-            max(changes) < loop.force_mae_rtol
-            and state.last_acceptance_fraction < loop.acceptance_threshold
-        ):
-            return True, (
-                f"converged: test force MAE changed by < {loop.force_mae_rtol:.0%} over the last "
-                f"{w} iterations and {state.last_acceptance_fraction:.1%} of scored frames were "
-                f"accepted (< {loop.acceptance_threshold:.0%})"
-            )
+    p = plateau(history, loop)
+    if p["plateau"]:
+        maes, sus = p["test_mae_forces_meV_per_A"], p["uncertainty_std"]
+        return True, (
+            f"converged: over iterations {p['iterations'][0]}-{p['iterations'][-1]} the test "
+            f"force MAE stayed within {p['force_mae_range']:.1%} ({min(maes):.1f}-"
+            f"{max(maes):.1f} meV/Å; tolerance {loop.force_mae_rtol:.0%}) and σ_U within "
+            f"{p['uncertainty_std_range']:.1%} ({min(sus):.4g}-{max(sus):.4g}; tolerance "
+            f"{loop.uncertainty_rtol:.0%})"
+        )
     last = history[-2] if len(history) > 1 else None
     if last is not None and last.n_label_failures > 0 and last.n_labelled == 0:
         # Every single point failed: another iteration would explore and fail again.
@@ -737,21 +860,63 @@ def stopping_reason(state: LoopState, settings: ActiveLearningSettings) -> tuple
             f"labeller failed on every frame: 0 of {last.n_selected} single points of "
             f"iteration {last.iteration} were labelled ({reasons})"
         )
-    if len(history) > 1 and history[-2].budget_limited and history[-2].n_selected == 0:
-        shared = loop.shared_budget
-        return False, (
-            f"campaign label budget spent: {shared.name if shared else 'the campaign'!r} "
-            f"granted no labels for iteration {history[-2].iteration + 1}"
-        )
-    if len(history) > 1 and history[-2].n_selected == 0 and history[-2].n_blowups == 0:
-        # (A blown-up exploration that selected nothing found something the ensemble gets
-        # badly wrong: not convergence. The next one starts again from the reference.)
-        return True, "converged: exploration accepted no frame (nothing unfamiliar was reached)"
     if state.iteration + 1 >= loop.max_iterations:
         return False, f"max_iterations ({loop.max_iterations}) reached"
     if loop.max_labels is not None and state.labels_used >= loop.max_labels:
         return False, f"label budget ({loop.max_labels}) used: {state.labels_used} labels"
     return None
+
+
+def exploration_facts(
+    explorations: list[ExplorationDocument], settings: ActiveLearningSettings
+) -> dict[str, Any]:
+    """Per temperature: the statistics frames were judged against and what was found."""
+    sel = settings.selection
+    md_ps: dict[str, float] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    for doc in explorations:
+        key = _tkey(doc.temperature)
+        md_ps[key] = md_ps.get(key, 0.0) + doc.md_ps
+        row = stats.setdefault(
+            key, {"n_scored": 0, "n_accepted": 0, "n_precursors": 0, "md_ps": 0.0}
+        )
+        row["n_scored"] += doc.n_scored
+        row["n_accepted"] += doc.n_accepted
+        row["n_precursors"] += doc.n_precursors
+        row["md_ps"] += doc.md_ps
+        row["equilibration_ps"] = doc.equilibration_steps * settings.exploration.timestep_fs / 1e3
+        if doc.blowup:
+            row["blowup"] = doc.blowup
+        ref = doc.acceptance_reference
+        if ref is not None:
+            row.update(
+                u_mean=ref.u_mean,
+                u_std=ref.u_std,
+                u_threshold=ref.u_mean + sel.shift * ref.u_std,
+                e_mean=ref.e_mean,
+                e_std=ref.e_std,
+                e_knee=ref.e_mean + sel.knee * ref.e_std,
+                energy_reference=doc.energy_reference_source,
+                n_reference_frames=ref.n_frames,
+            )
+    return {"md_ps": md_ps, "acceptance_statistics": stats}
+
+
+def _nothing_accepted(facts: dict[str, Any]) -> str:
+    """Why an exploration gave nothing to label, in picoseconds of MD per temperature."""
+    parts = []
+    for key, row in facts["acceptance_statistics"].items():
+        text = f"{row['md_ps']:.3g} ps of MLIP-MD at {key} K"
+        if "u_threshold" in row:
+            text += (
+                f" ({row['n_scored']} frames scored against Ū + s·σ_U = "
+                f"{row['u_threshold']:.4g} and Ē = {row['e_mean'] / 1:.6g} eV)"
+            )
+        if "blowup" in row:
+            b = row["blowup"]
+            text += f", blown up at step {b['step']}: {b['reason']}"
+        parts.append(text)
+    return "no frame accepted in " + "; ".join(parts)
 
 
 @job
@@ -769,30 +934,31 @@ def link(uuids: dict[str, str]) -> dict[str, OutputReference]:
 def _iteration_flow(
     state: LoopState, settings: ActiveLearningSettings, uuids: dict[str, str]
 ) -> Flow:
-    """Explore with the current ensemble, label, merge, and train/evaluate/decide again."""
+    """Explore with the current ensemble and collect; :func:`proceed` takes it from there."""
     loop = settings.loop
-    current_state = state
     i = state.iteration
     links = link(uuids)
     links.name = f"{state.material} it{i} link"
     tag(links, "glue")
     state_ref = links.output["state"]
     ensemble_ref = links.output["ensemble"]
-    reference_ref = links.output["evaluation"].reference
+    evaluation_ref = links.output["evaluation"]
     n_t = len(loop.temperatures)
     per_t = math.ceil(loop.n_new / n_t)
     jobs: list[Job | Flow] = [links]
     explorer = ExplorationMaker(settings=settings.exploration, selection=settings.selection)
     seeds = [_seed(loop.seed, i, k) for k in range(n_t)]
-    if loop.batch_walkers and n_t > 1:
+    batched = bool(loop.batch_walkers and n_t > 1)
+    if batched:
         # All temperatures in one job: one batched ensemble evaluation per MD step.
         batch = explorer.make_walkers(
             ensemble_ref,
             [state_ref.starts[_tkey(t)] for t in loop.temperatures],
-            reference_ref,
+            evaluation_ref.reference,
             temperatures=list(loop.temperatures),
             n_new=per_t,
             seeds=seeds,
+            by_temperature=evaluation_ref.reference_by_temperature,
         )
         temps = ",".join(f"{t:g}K" for t in loop.temperatures)
         batch.name = f"{state.material} it{i} explore {temps}"
@@ -804,10 +970,11 @@ def _iteration_flow(
             explore = explorer.make(
                 ensemble_ref,
                 state_ref.starts[_tkey(t)],
-                reference_ref,
+                evaluation_ref.reference,
                 temperature=t,
                 n_new=per_t,
                 seed=seeds[k],
+                by_temperature=evaluation_ref.reference_by_temperature,
             )
             explore.name = f"{state.material} it{i} explore {t:g}K"
             explorations.append(explore)
@@ -815,7 +982,7 @@ def _iteration_flow(
     for e in explorations:
         tag(e, "exploration")
     jobs.extend(explorations)
-    budget = None if loop.max_labels is None else loop.max_labels - current_state.labels_used
+    budget = None if loop.max_labels is None else loop.max_labels - state.labels_used
     collect = collect_candidates(
         outputs,
         loop.n_new,
@@ -826,48 +993,139 @@ def _iteration_flow(
     )
     collect.name = f"{state.material} it{i} collect"
     tag(collect, "glue")
-    label = LabelMaker(labeller=settings.labeller).make(collect.output.frames)
-    label.name = f"{state.material} it{i} label"
+    gate = proceed(
+        collect.output,
+        outputs,
+        _light(state),
+        state_ref.train,
+        state_ref.starts,
+        settings,
+        {
+            **uuids,
+            "collect": collect.uuid,
+            **{f"explore{k}": e.uuid for k, e in enumerate(explorations)},
+        },
+        batched,
+    )
+    gate.name = f"{state.material} it{i} proceed"
+    tag(gate, "controller")
+    jobs += [collect, gate]
+    return Flow(jobs, output=gate.output, name=f"{state.material} iteration {i + 1}")
+
+
+@job(data=DATA_FIELDS)
+def proceed(
+    candidates: Candidates,
+    explorations: list[ExplorationDocument],
+    state: LoopState,
+    train: FrameSet,
+    starts: dict[str, Frame],
+    settings: ActiveLearningSettings,
+    uuids: dict[str, str],
+    batched: bool,
+) -> Response | LoopResult:
+    """Label, merge, retrain and evaluate what the exploration found; stop if it found nothing.
+
+    An exploration ends with its quota filled or its MD budget used. With nothing to
+    label, another training would see unchanged data: the loop stops here, and says how
+    much MD found nothing. That is not convergence (acceptance is a z-score against the
+    test set, so even a good ensemble accepts some frames given enough MD).
+
+    ``state`` is the controller's state without its frames (by value); ``train`` and
+    ``starts`` are its frames (by reference). ``uuids`` name the outputs the next jobs
+    read (through a :func:`link`, as a created flow may only reference its own jobs).
+    """
+    loop = settings.loop
+    i = state.iteration
+    material = state.material
+    facts = exploration_facts(explorations, settings)
+    n_explore = sum(k.startswith("explore") for k in uuids)
+    if not candidates.frames:
+        history = list(state.history)
+        history[-1] = history[-1].model_copy(
+            update={
+                "n_scored": sum(d.n_scored for d in explorations),
+                "n_selected": 0,
+                "acceptance_fraction": 0.0,
+                "budget_limited": candidates.budget_limited,
+                "n_blowups": sum(d.stopped_by == "blowup" for d in explorations),
+                "exploration_uuids": [uuids[f"explore{k}"] for k in range(n_explore)],
+                "md_ps": facts["md_ps"],
+                "acceptance_statistics": facts["acceptance_statistics"],
+            }
+        )
+        if candidates.budget_limited:
+            shared = loop.shared_budget
+            reason = (
+                f"campaign label budget spent: {shared.name if shared else 'the campaign'!r} "
+                f"granted no labels for iteration {i + 1}"
+            )
+        else:
+            reason = _nothing_accepted(facts)
+        logger.info("%s: stopping after iteration %d: %s", material, i, reason)
+        full = state.model_copy(update={"history": history, "train": train, "starts": starts})
+        return LoopResult(
+            material=material,
+            converged=False,
+            stop_reason=reason,
+            stop_details=facts,
+            state=full,
+        )
+
+    links = link(uuids)
+    links.name = f"{material} it{i} link labels"
+    tag(links, "glue")
+    collect = links.output["collect"]
+    if batched:
+        outputs: Any = links.output["explore0"].explorations
+    else:
+        outputs = [links.output[f"explore{k}"] for k in range(n_explore)]
+    label = LabelMaker(labeller=settings.labeller).make(collect.frames)
+    label.name = f"{material} it{i} label"
     tag(label, "labelling")
+    budget = None if loop.max_labels is None else loop.max_labels - state.labels_used
     quota = loop.n_new if budget is None else max(0, min(loop.n_new, budget))
     topped = top_up(
         [label.output],
-        collect.output.reserve,
+        collect.reserve,
         quota,
         settings.labeller,
         shared=loop.shared_budget,
-        key=f"{state.material}:it{i}",
+        key=f"{material}:it{i}",
     )
-    topped.name = f"{state.material} it{i} top up labels"
+    topped.name = f"{material} it{i} top up labels"
     tag(topped, "labelling")
     new_state = merge(
-        state_ref,
+        links.output["state"],
         topped.output,
         outputs,
-        ensemble_ref,
+        links.output["ensemble"],
         settings.training,
         loop.seed,
-        history=current_state.history,
-        labels_used=current_state.labels_used,
-        screening=current_state.screening,
-        budget_limited=collect.output.budget_limited,
+        history=state.history,
+        labels_used=state.labels_used,
+        screening=state.screening,
+        budget_limited=candidates.budget_limited,
+        facts=facts,
     )
-    new_state.name = f"{state.material} it{i + 1} merge"
+    new_state.name = f"{material} it{i + 1} merge"
     tag(new_state, "glue")
-    jobs += [collect, label, topped, new_state]
+    jobs: list[Job | Flow] = [links, label, topped, new_state]
     jobs += _train_evaluate_decide(
-        material=state.material,
+        material=material,
         iteration=i + 1,
         settings=settings,
         state_job=new_state,
         e0s=state.e0s,
-        previous=ensemble_ref,
+        previous=links.output["ensemble"],
         fc=links.output["fc"],
         test_frames=links.output["initial"].test.frames,
-        exploration_uuids=[e.uuid for e in explorations],
+        exploration_uuids=[uuids[f"explore{k}"] for k in range(n_explore)],
         label_uuid=label.uuid,
     )
-    return Flow(jobs, output=jobs[-1].output, name=f"{state.material} iteration {i + 1}")
+    flow = Flow(jobs, output=jobs[-1].output, name=f"{material} iteration {i + 1} training")
+    route(flow, settings.routing)
+    return Response(replace=flow)
 
 
 def _train_evaluate_decide(
@@ -949,8 +1207,21 @@ class ActiveLearningMaker(Maker):
         reference = Frame.from_atoms(AseAtomsAdaptor.get_atoms(supercell), source="reference")
         validate_frames([reference], settings.labeller)
         elements = sorted({site.specie.symbol for site in supercell})
+        if loop.initial == "trajectory":
+            check_trajectory(loop.trajectory, reference, loop.n_initial + loop.n_test)
 
         jobs: list[Job | Flow] = []
+        relaxation: Any = None
+        if loop.relax:
+            check_can_relax(settings.labeller)  # a DFT labeller fails here, before any job
+            relax = RelaxMaker(labeller=settings.labeller, settings=settings.relaxation).make(
+                reference
+            )
+            relax.name = f"{material} relax R0"
+            tag(relax, "labelling")
+            jobs.append(relax)
+            relaxation = relax.output
+            reference = relax.output.frame
         fc = ForceConstantsMaker(labeller=settings.labeller).make(reference)
         fc.name = f"{material} force constants"
         tag(fc, "labelling", prefix=material)
@@ -985,13 +1256,21 @@ class ActiveLearningMaker(Maker):
             jobs += [*sample_jobs, pool]
             label = LabelMaker(labeller=settings.labeller).make(pool.output.frames)
         else:
-            check_trajectory(loop.trajectory, reference, loop.n_initial + loop.n_test)
             label = load_trajectory(loop.trajectory, settings.labeller.identity())
         label.name = f"{material} initial labels"
         tag(label, "labelling")
         jobs.append(label)
 
-        init = initial_split(label.output, material, settings, reference, e0s, fc.output.uuid)
+        init = initial_split(
+            label.output,
+            material,
+            settings,
+            reference,
+            e0s,
+            fc.output.uuid,
+            relaxation=relaxation,
+            unstable_modes=fc.output.unstable_modes,
+        )
         init.name = f"{material} initial split"
         tag(init, "glue")
         jobs.append(init)

@@ -285,11 +285,18 @@ def export_run(
                 "uncertainty_mean": h.uncertainty_mean,
                 "uncertainty_std": h.uncertainty_std,
                 "wall_seconds": h.wall_seconds,
+                "md_ps": h.md_ps,
+                "acceptance_statistics": h.acceptance_statistics,
+                "test_statistics_by_temperature": h.test_statistics_by_temperature,
             }
             for h in state.history
         ],
         "converged": result.converged,
         "stop_reason": result.stop_reason,
+        "stop_details": result.stop_details,
+        "relaxation": state.relaxation,
+        "unstable_modes": state.unstable_modes,
+        "versions": package_versions(),
         "screening": state.screening.model_dump() if state.screening else None,
         "labels_used": state.labels_used,
         "n_dataset": len(dataset),
@@ -307,6 +314,35 @@ def export_run(
     except Exception as exc:  # a broken plot must not lose the run's results
         logger.warning("report could not be written: %s", exc)
     return summary
+
+
+#: Packages whose versions decide the numbers of a run (recorded in summary.json).
+NUMERIC_PACKAGES = (
+    "active-mlip",
+    "numpy",
+    "scipy",
+    "torch",
+    "e3nn",
+    "mace-torch",
+    "ase",
+    "chgnet",
+    "phonopy",
+    "spglib",
+    "pymatgen",
+)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of :data:`NUMERIC_PACKAGES` (None where one is missing)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in NUMERIC_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _flatten_info(frame: Frame) -> Frame:

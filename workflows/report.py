@@ -164,8 +164,9 @@ def write_report(
         save(fig, "parity.png", "Final ensemble against the reference labeller on the test set.")
 
     # 5. sigma^A ------------------------------------------------------------------------
+    selected: list[dict[str, Any]] = []
     try:
-        fig_made = _sigma_a_plot(plt, result, store, test_frames, save)
+        fig_made, selected = _sigma_a_plot(plt, result, store, test_frames, save)
         if not fig_made:
             logger.info("no MLIP-MD frames yet: no sigma^A comparison")
     except Exception as exc:
@@ -195,11 +196,12 @@ def write_report(
             "How well the ensemble's uncertainty ranks the true error of the frames it chose.",
         )
 
-    _write_html(out, result, history, figures)
+    _write_html(out, result, history, figures, selected)
     return out / "report.html"
 
 
-def _sigma_a_plot(plt, result, store, test_frames, save) -> bool:
+def _sigma_a_plot(plt, result, store, test_frames, save) -> tuple[bool, list[dict[str, Any]]]:
+    """σ^A of test and selected frames; returns the selected frames' rows for the table."""
     from makers.selection import anharmonicity_score, minimum_image_displacements
 
     fc_doc = store.get_output(result.state.fc_uuid, load=True)
@@ -212,11 +214,28 @@ def _sigma_a_plot(plt, result, store, test_frames, save) -> bool:
         u = minimum_image_displacements(np.asarray(f.positions), ref_pos, cell)
         return float(anharmonicity_score(np.asarray(f.forces), u, fc))
 
+    def largest_displacement(f) -> float:
+        u = minimum_image_displacements(np.asarray(f.positions), ref_pos, cell)
+        return float(np.linalg.norm(u, axis=1).max())
+
     md = [f for f in result.state.train.frames if f.info.get("source") == "mlip-md"]
     if not md:
-        return False
+        return False, []
     s_ref = [score(f) for f in test_frames]
     s_md = [score(f) for f in md]
+    rows = [
+        {
+            "iteration": int(f.info.get("iteration", 0)) - 1,
+            "temperature": f.info.get("temperature"),
+            "step": f.info.get("step"),
+            "uncertainty": f.info.get("uncertainty"),
+            "p": f.info.get("p"),
+            "sigma_a": s,
+            "max_displacement": largest_displacement(f),
+            "precursor": bool(f.info.get("blowup_precursor", False)),
+        }
+        for f, s in zip(md, s_md, strict=True)
+    ]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(0, max(max(s_ref), max(s_md)) * 1.05, 25)
     ax.hist(s_ref, bins=bins, alpha=0.6, label=f"reference test frames (n={len(s_ref)})")
@@ -230,10 +249,125 @@ def _sigma_a_plot(plt, result, store, test_frames, save) -> bool:
         "Anharmonicity σ^A of the reference test frames and of the MLIP-MD frames the loop "
         "selected; MLIP-MD frames far above the reference hint at hallucinated or rare states.",
     )
-    return True
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    d_ref = [largest_displacement(f) for f in test_frames]
+    ax.scatter(d_ref, s_ref, s=12, color="grey", label="test frames")
+    its = np.array([r["iteration"] for r in rows])
+    sc = ax.scatter(
+        [r["max_displacement"] for r in rows],
+        s_md,
+        c=its,
+        cmap="viridis",
+        s=22,
+        marker="D",
+        label="selected MLIP-MD frames",
+    )
+    if len(set(its.tolist())) > 1:
+        fig.colorbar(sc, ax=ax, label="explored in iteration")
+    ax.set_xlabel("largest atomic displacement from R0 (Å)")
+    ax.set_ylabel("σ^A (reference forces)")
+    ax.legend(fontsize=8)
+    save(
+        fig,
+        "selected_frames.png",
+        "What the selected frames are: the largest displacement of any atom from its site in "
+        "R0 against σ^A. Frames to the right hold an atom far off its site (a Cu hop in CuI).",
+    )
+    return True, rows
 
 
-def _write_html(out: Path, result: Any, history: list[Any], figures: list[tuple[str, str]]) -> None:
+def _acceptance_table(history: list[Any]) -> str:
+    """Per iteration and temperature: what the exploration's frames were judged against."""
+    rows = []
+    for h in history:
+        for t, a in sorted(h.acceptance_statistics.items(), key=lambda kv: float(kv[0])):
+            if "u_mean" not in a:
+                continue
+            rows.append(
+                f"<tr><td>{h.iteration}</td><td>{html.escape(t)}</td>"
+                f"<td>{a['u_mean']:.4g}</td><td>{a['u_std']:.3g}</td><td>{a['u_threshold']:.4g}</td>"
+                f"<td>{a['e_mean']:.4f}</td><td>{a['e_std']:.3g}</td><td>{a['e_knee']:.4f}</td>"
+                f"<td>{html.escape(a['energy_reference'])}</td><td>{a['n_scored']}</td>"
+                f"<td>{a['n_accepted']}</td><td>{a['md_ps']:.2f}</td></tr>"
+            )
+    if not rows:
+        return "<p>No exploration has run.</p>"
+    return (
+        "<table><tr><th>iteration</th><th>T (K)</th><th>Ū</th><th>σ_U</th>"
+        "<th>Ū + s·σ_U (P_U = ½)</th><th>Ē (eV)</th><th>σ_E (eV)</th>"
+        "<th>Ē + knee·σ_E (P_E &lt; 1 above)</th><th>Ē, σ_U from</th><th>scored</th>"
+        "<th>accepted</th><th>MD (ps)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
+def _selected_table(selected: list[dict[str, Any]], limit: int = 40) -> str:
+    if not selected:
+        return "<p>No MLIP-MD frame has been selected yet.</p>"
+    rows = sorted(selected, key=lambda r: -r["max_displacement"])[:limit]
+
+    def num(v: Any, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    body = "".join(
+        f"<tr><td>{r['iteration']}</td><td>{num(r['temperature'], 'g')}</td>"
+        f"<td>{num(r['step'], 'd')}</td><td>{num(r['uncertainty'], '.4g')}</td>"
+        f"<td>{num(r['p'], '.3f')}</td><td>{r['sigma_a']:.3f}</td>"
+        f"<td>{r['max_displacement']:.3f}</td><td>{'yes' if r['precursor'] else ''}</td></tr>"
+        for r in rows
+    )
+    more = (
+        f" ({limit} of {len(selected)}, largest displacement first)"
+        if len(selected) > limit
+        else ""
+    )
+    return (
+        f"<p>{len(selected)} selected MLIP-MD frames{more}.</p><table><tr><th>explored in "
+        "iteration</th><th>T (K)</th><th>MD step</th><th>U at selection</th><th>P</th>"
+        "<th>σ^A</th><th>largest displacement from R0 (Å)</th><th>before a blow-up</th></tr>"
+        + body
+        + "</table>"
+    )
+
+
+def _structure_section(state: Any) -> str:
+    parts = []
+    r = state.relaxation
+    if r:
+
+        def stress(v: Any) -> str:
+            return "n/a" if v is None else " ".join(f"{x:.3g}" for x in v[:3])
+
+        parts.append(
+            f"<p>R0 relaxed with the labeller in {r.get('n_steps')} steps (cell "
+            f"{'relaxed' if (r.get('settings') or {}).get('relax_cell') else 'fixed'}): largest "
+            f"residual force {r['max_force_before']:.3g} → {r['max_force_after']:.3g} eV/Å; "
+            f"stress xx yy zz {stress(r.get('stress_before_gpa'))} → "
+            f"{stress(r.get('stress_after_gpa'))} GPa; largest move "
+            f"{r.get('max_displacement', 0.0):.3g} Å.</p>"
+        )
+    else:
+        parts.append("<p>R0 was used as given (loop.relax off).</p>")
+    modes = state.unstable_modes
+    if modes:
+        freqs = ", ".join(f"{m['frequency_thz']:.2f}" for m in modes[:12])
+        more = ", …" if len(modes) > 12 else ""
+        parts.append(
+            f"<p>{len(modes)} harmonic modes of R0 with ω² ≤ 0 (THz, imaginary as negative): "
+            f"{freqs}{more}; harmonic sampling {html.escape(modes[0].get('action', 'skipped'))} "
+            "them. They are the softest, most anharmonic directions.</p>"
+        )
+    else:
+        parts.append("<p>No harmonic mode of R0 has ω² ≤ 0.</p>")
+    return "".join(parts)
+
+
+def _write_html(
+    out: Path,
+    result: Any,
+    history: list[Any],
+    figures: list[tuple[str, str]],
+    selected: list[dict[str, Any]] | None = None,
+) -> None:
     rows = "".join(
         f"<tr><td>{h.iteration}</td><td>{h.n_train}</td><td>{h.n_selected}</td>"
         f"<td>{h.n_scored}</td><td>{h.test_mae_energy_meV_per_atom:.2f}</td>"
@@ -259,7 +393,12 @@ Reference labels computed: {result.state.labels_used}
 <table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
 <th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th>
 <th>wall (s)</th></tr>
-{rows}</table>{imgs}
+{rows}</table>
+<p><small>Ū, σ_U: the test set's, whose plateau decides convergence.</small></p>
+<h2>Reference structure</h2>{_structure_section(result.state)}
+<h2>What each exploration judged its frames against</h2>{_acceptance_table(history)}
+<h2>Selected frames</h2>{_selected_table(selected or [])}
+<h2>Figures</h2>{imgs}
 <p><small>{html.escape(json.dumps({"figures": [f for f, _ in figures]}))}</small></p>
 </body></html>"""
     (out / "report.html").write_text(page)

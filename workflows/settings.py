@@ -5,8 +5,9 @@ exploration, selection) with the loop's own (:class:`LoopSettings`). Presets giv
 complete, tested combinations:
 
 ``tiny``
-    the tests' settings: 8-atom CuI cell, 2 members of 16 channels, 30 epochs;
-    a two-iteration run takes about a minute on 2 CPU cores.
+    the tests' settings: 8-atom CuI cell, 2 members of 16 channels, 30 epochs, and an
+    acceptance centred on the thermal ensemble's mean uncertainty (s = 0) so that the
+    quota always fills; a two-iteration run takes about a minute on 2 CPU cores.
 ``quick``
     the embedded main job: 64-atom CuI, 4 members, up to 5 iterations in under 20 min
     on 2 CPU cores.
@@ -26,6 +27,7 @@ from active_mlip.hashing import content_hash
 from makers.diagnostics import DiagnosticsSettings
 from makers.exploration import ExplorationSettings
 from makers.labelling import CHGNetLabeller, Labeller
+from makers.relax import RelaxationSettings
 from makers.selection import SelectionSettings
 from makers.training import TrainingSettings
 from workflows.routing import RoutingTable
@@ -47,6 +49,18 @@ class LoopSettings(Document):
         "harmonic", description="Initial data: harmonic stochastic sampling or an aiMD file."
     )
     trajectory: str | None = Field(None, description="aiMD trajectory (extxyz/ASE traj).")
+    trajectory_split: Literal["shuffle", "time"] = Field(
+        "shuffle",
+        description="How an aiMD trajectory is split: 'time' trains on its first n_initial "
+        "frames and tests on its last n_test (the paper's situation: an MLIP trained on early "
+        "aiMD meets a later event); 'shuffle' draws both at random.",
+    )
+    relax: bool = Field(
+        True,
+        description="Relax R0's atomic positions with the labeller before anything else "
+        "(force constants, sampling, σ^A and energy referencing assume a minimum); the "
+        "cell only with relaxation.relax_cell.",
+    )
     n_initial: int = Field(20, ge=2, description="Initial training frames (all temperatures).")
     n_test: int = Field(20, ge=2, description="Fixed test-set size, drawn once.")
     n_new: int = Field(10, ge=1, description="Frames selected per iteration (all temperatures).")
@@ -57,12 +71,17 @@ class LoopSettings(Document):
         description="A campaign-wide label budget drawn on by every material's iterations "
         "(initial data and screening checks are charged to it too).",
     )
-    force_mae_rtol: float = Field(
-        0.05, gt=0, description="Converged when the test force MAE changes by less than this."
+    converge_window: int = Field(
+        3,
+        ge=2,
+        description="Converged when, over this many iterations, the test force MAE and σ_U "
+        "(the spread of the uncertainty over the test set) have both plateaued:",
     )
-    converge_window: int = Field(2, ge=1, description="... over this many iterations ...")
-    acceptance_threshold: float = Field(
-        0.05, ge=0, le=1, description="... and the fraction of scored frames accepted is below."
+    force_mae_rtol: float = Field(
+        0.05, gt=0, description="... (max − min)/max of the test force MAE within this ..."
+    )
+    uncertainty_rtol: float = Field(
+        0.10, gt=0, description="... and (max − min)/max of σ_U within this."
     )
     e0s: dict[str, float] | Literal["isolated"] = Field(
         "isolated",
@@ -88,6 +107,13 @@ class LoopSettings(Document):
         bad = [t for t in v if not t > 0]
         if bad:
             raise ValueError(f"temperatures must be > 0 K, got {bad}")
+        keys = [f"{float(t):g}" for t in v]
+        dupes = sorted({k for k in keys if keys.count(k) > 1}, key=float)
+        if dupes:
+            raise ValueError(
+                f"temperatures lists {', '.join(dupes)} K more than once; each temperature "
+                "has its own walker and statistics"
+            )
         return v
 
     @field_validator("supercell")
@@ -103,6 +129,18 @@ class LoopSettings(Document):
             raise ValueError("initial='trajectory' needs loop.trajectory (an extxyz/traj path)")
         return self
 
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "acceptance_threshold" in data:
+            raise ValueError(
+                "loop.acceptance_threshold is retired: convergence is a plateau of the test "
+                "force MAE and σ_U over loop.converge_window iterations (loop.force_mae_rtol, "
+                "loop.uncertainty_rtol); an exploration that accepts nothing stops the loop "
+                "with its own reason"
+            )
+        return data
+
 
 class ActiveLearningSettings(Document):
     """Everything an active-learning run of one material depends on."""
@@ -115,6 +153,10 @@ class ActiveLearningSettings(Document):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     exploration: ExplorationSettings = Field(default_factory=ExplorationSettings)
     selection: SelectionSettings = Field(default_factory=SelectionSettings)
+    relaxation: RelaxationSettings = Field(
+        default_factory=RelaxationSettings,
+        description="How R0 is relaxed with the labeller (when loop.relax).",
+    )
     screening: DiagnosticsSettings = Field(
         default_factory=DiagnosticsSettings,
         description="Screening diagnostics after the first ensemble (off unless enabled).",
@@ -164,8 +206,19 @@ def _tiny() -> ActiveLearningSettings:
         # 30 epochs cost little more than 10 (start-up dominates) and give an ensemble
         # good enough that MD stays physical and selection has something to do.
         training=TrainingSettings.preset("tiny", max_num_epochs=30),
-        exploration=ExplorationSettings(timestep_fs=4.0, loginterval=5, max_steps=300),
-        selection=SelectionSettings(),
+        exploration=ExplorationSettings(
+            timestep_fs=4.0,
+            loginterval=5,
+            budget_ps=1.6,
+            equilibration_ps=0.2,
+            thermal_window_ps=0.2,
+        ),
+        # s = 0: P_U = ½ at the thermal ensemble's mean uncertainty, so about half of the
+        # thermalised frames are accepted and the quota fills within a few frames. The tiny
+        # preset tests the machinery, which must not hinge on whether a short chaotic MD
+        # happens to cross Ū + 2σ_U; the paper's s = 2 is tested on its own (test_selection)
+        # and runs in the quick and paper presets.
+        selection=SelectionSettings(shift=0.0),
     )
 
 
@@ -182,7 +235,15 @@ def _quick() -> ActiveLearningSettings:
         ),
         # M = 2 subsets x 2 seeds = 4 members, as in the benchmarks.
         training=TrainingSettings.preset("quick", n_seed=2),
-        exploration=ExplorationSettings(timestep_fs=4.0, loginterval=10, max_steps=1500),
+        # Scored after 0.4 ps of thermalisation and a 0.8 ps thermal window; up to 8 ps of
+        # MLIP-MD per iteration (about 2 min on 2 cores) before an empty exploration stops.
+        exploration=ExplorationSettings(
+            timestep_fs=4.0,
+            loginterval=10,
+            budget_ps=8.0,
+            equilibration_ps=0.4,
+            thermal_window_ps=0.8,
+        ),
         selection=SelectionSettings(),
     )
 
@@ -198,10 +259,19 @@ def _paper() -> ActiveLearningSettings:
             n_new=90,
             max_iterations=20,
             force_mae_rtol=0.02,
+            uncertainty_rtol=0.05,
             converge_window=3,
         ),
         training=TrainingSettings.preset("paper", n_sub=3, n_seed=2),
-        exploration=ExplorationSettings(timestep_fs=2.0, loginterval=10, max_steps=20000),
+        # CuI's Cu defect event appears after 38-46 ps of aiMD at 300 K: a budget that can
+        # reach it, after 1 ps of thermalisation and a 2 ps thermal window.
+        exploration=ExplorationSettings(
+            timestep_fs=2.0,
+            loginterval=10,
+            budget_ps=60.0,
+            equilibration_ps=1.0,
+            thermal_window_ps=2.0,
+        ),
         selection=SelectionSettings(),
     )
 

@@ -173,7 +173,7 @@ def test_npt_walkers_run_in_turn(cui):
     for d, t, seed in zip(docs, [300.0, 500.0], [3, 4], strict=True):
         single = run_exploration(spring_calc(True), cui, none, t, 1, settings, seed=seed)
         assert_same_run(d, single)
-        assert d.n_force_evaluations == 2 * 20 + 1  # not batched: its own evaluations
+        assert d.n_force_evaluations == 20 + 1  # not batched: its own evaluations
 
 
 # -- bad input -------------------------------------------------------------------------------

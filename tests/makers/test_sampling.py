@@ -16,9 +16,11 @@ from makers.sampling import (
     HarmonicSamplingMaker,
     compute_force_constants,
     displacement_frames,
+    frequency_thz,
     harmonic_samples,
     import_trajectory,
     normal_modes,
+    unstable_modes,
 )
 
 #: EMT's equilibrium lattice constant of fcc Cu (equation-of-state fit, Å).
@@ -187,6 +189,135 @@ def test_harmonic_sampling_maker_job(fc_doc):
     out = run_locally(job, ensure_success=True)[job.uuid][1].output
     assert len(out.frames) == 4
     assert out.frames[2].positions == harmonic_samples(fc_doc, 300.0, 4, 1)[2].positions
+
+
+# -- unstable modes ------------------------------------------------------------------------
+def bcc_cu_supercell() -> Frame:
+    """bcc Cu at fcc's volume per atom, 2x2x2 conventional cells (16 atoms).
+
+    bcc is a saddle of EMT copper (the Bain path leads to fcc): a maximum along six
+    degenerate zone-boundary modes of this supercell.
+    """
+    return Frame.from_atoms(bulk("Cu", "bcc", a=A_EMT / 2 ** (1 / 3), cubic=True) * (2, 2, 2))
+
+
+@pytest.fixture(scope="module")
+def bcc_fc_doc() -> ForceConstantsDocument:
+    return compute_force_constants(bcc_cu_supercell(), EMTLabeller(), displacement=0.01)
+
+
+def _mode_amplitudes(frames, fc_doc, key=None):
+    """Mass-weighted normal-mode amplitudes of displacements (or ``info[key]`` velocities)."""
+    _, vecs, masses = normal_modes(fc_doc)
+    r0 = np.asarray(fc_doc.reference.positions)
+    out = []
+    for f in frames:
+        x = np.asarray(f.info[key]) if key else np.asarray(f.positions) - r0
+        out.append(vecs.T @ (np.sqrt(masses) * x.ravel()))
+    return np.array(out)
+
+
+def test_frequency_unit_is_phonopys():
+    # ω² = 1 eV/(Å² amu): ω = 1/ASE-time; ν = ω/2π = 15.6333 THz (phonopy's VaspToTHz).
+    assert frequency_thz(1.0) == pytest.approx(15.633302, rel=1e-6)
+    assert frequency_thz(-4.0) == pytest.approx(-2 * 15.633302, rel=1e-6)
+    assert frequency_thz(0.0) == 0.0
+
+
+def test_frequencies_match_phonopy(bcc_fc_doc):
+    from phonopy import Phonopy
+    from phonopy.structure.atoms import PhonopyAtoms
+
+    ref = bcc_fc_doc.reference
+    unit = PhonopyAtoms(numbers=ref.numbers, cell=ref.cell, positions=ref.positions)
+    ph = Phonopy(unit, supercell_matrix=np.eye(3, dtype=int), primitive_matrix="P")
+    n = ref.n_atoms
+    ph.force_constants = bcc_fc_doc.fc_array().reshape(n, 3, n, 3).transpose(0, 2, 1, 3)
+    expected = np.sort(ph.get_frequencies([0, 0, 0]))  # THz, imaginary as negative
+    w2, _, _ = normal_modes(bcc_fc_doc)
+    assert frequency_thz(w2) == pytest.approx(expected, rel=1e-5, abs=1e-4)
+    # The unstable modes are phonopy's negative frequencies.
+    modes = unstable_modes(bcc_fc_doc)
+    assert len(modes) == 6 == int((expected < -0.1).sum())
+    assert [m.frequency_thz for m in modes] == pytest.approx(expected[:6], rel=1e-5)
+    assert bcc_fc_doc.unstable_modes == modes  # filled when the force constants were made
+
+
+def test_unstable_modes_sort_below_the_translations(bcc_fc_doc):
+    modes = unstable_modes(bcc_fc_doc)
+    w2, _, _ = normal_modes(bcc_fc_doc)
+    # ω² < 0 sorts first: the most unstable modes are 0..5, the translations 6..8.
+    assert [m.index for m in modes] == list(range(6))
+    assert np.abs(w2[6:9]).max() < 1e-10
+    for m in modes:
+        assert m.omega2 == w2[m.index] < -1e-3
+        assert m.frequency_thz == pytest.approx(-np.sqrt(-m.omega2) * 15.633302, rel=1e-6)
+        assert m.action == "skipped"
+    assert [m.omega2 for m in modes] == pytest.approx([modes[0].omega2] * 6)  # degenerate
+
+
+def test_stable_crystals_record_no_unstable_mode(fc_doc):
+    assert fc_doc.unstable_modes == [] and unstable_modes(fc_doc) == []
+    # Documents stored before the field existed still load, with no modes.
+    old = fc_doc.model_dump(mode="json", exclude={"unstable_modes"})
+    assert ForceConstantsDocument.model_validate(old).unstable_modes == []
+
+
+def test_cui_under_chgnet_has_no_unstable_mode():
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from makers.labelling import CHGNetLabeller
+    from workflows.materials import default_supercell, get_structure
+
+    atoms = AseAtomsAdaptor.get_atoms(get_structure("CuI")) * default_supercell("CuI")
+    doc = compute_force_constants(Frame.from_atoms(atoms), CHGNetLabeller())
+    # Zincblende: zero forces by symmetry, and every mode stable.
+    assert np.abs(doc.reference.forces).max() < 1e-4
+    assert doc.unstable_modes == []
+    w2, _, _ = normal_modes(doc)
+    assert w2[3] > 0
+
+
+def test_constructed_negative_mode_is_recorded_and_not_sampled(fc_doc, caplog):
+    # Lower one optical mode e of D = M^-1/2 Φ M^-1/2 to ω² = -δ: Φ' = Φ - (ω_e² + δ) M^1/2 e eᵀ
+    # M^1/2. e is orthogonal to the translations, so the acoustic sum rule still holds.
+    w2, vecs, masses = normal_modes(fc_doc)
+    k, delta = 50, 0.004
+    sqrt_m = np.sqrt(masses)
+    e = vecs[:, k]
+    fc = fc_doc.fc_array() - (w2[k] + delta) * np.outer(sqrt_m * e, sqrt_m * e)
+    doc = fc_doc.model_copy(update={"force_constants": fc.tolist()})
+    modes = unstable_modes(doc)
+    assert len(modes) == 1
+    (mode,) = modes
+    assert mode.index == 0 and mode.omega2 == pytest.approx(-delta, abs=1e-12)
+    assert mode.frequency_thz == pytest.approx(-np.sqrt(delta) * 15.633302, rel=1e-6)
+    # The samples neither move nor have velocity along it; every other optical mode moves.
+    with caplog.at_level("WARNING", logger="makers.sampling"):
+        frames = harmonic_samples(doc, 300.0, 10, seed=2)
+    assert "unstable modes" in caplog.text
+    _, new_vecs, _ = normal_modes(doc)
+    assert abs(new_vecs[:, 0] @ e) == pytest.approx(1.0)
+    q = _mode_amplitudes(frames, doc)
+    qdot = _mode_amplitudes(frames, doc, key="velocities")
+    assert np.abs(q[:, 0]).max() < 1e-10 * np.abs(q).max()
+    assert np.abs(qdot[:, 0]).max() < 1e-10 * np.abs(qdot).max()
+    moving = (np.abs(q) > 1e-8 * np.abs(q).max()).all(axis=0)
+    assert moving.sum() == 3 * 32 - 3 - 1
+
+
+def test_harmonic_sampling_job_records_skipped_modes(bcc_fc_doc):
+    from jobflow import run_locally
+
+    job = HarmonicSamplingMaker().make(bcc_fc_doc, 300.0, 6, 5)
+    out = run_locally(job, ensure_success=True)[job.uuid][1].output
+    assert out.skipped_modes == unstable_modes(bcc_fc_doc)
+    assert len(out.skipped_modes) == 6
+    q = _mode_amplitudes(out.frames, bcc_fc_doc)
+    assert np.abs(q[:, :9]).max() < 1e-10 * np.abs(q).max()  # 6 unstable + 3 translations
+    assert (np.abs(q[:, 9:]) > 0).all()
+    stable = harmonic_samples(bcc_fc_doc, 300.0, 6, 5)
+    assert [f.positions for f in out.frames] == [f.positions for f in stable]
 
 
 # -- aiMD import ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from ase.io import read
 
-from workflows.active_learning import IterationRecord, LoopState, stopping_reason
+from workflows.active_learning import IterationRecord, LoopState, plateau, stopping_reason
 from workflows.local import RunConflictError, run_local
 from workflows.materials import get_structure
 from workflows.settings import ActiveLearningSettings
@@ -64,6 +64,28 @@ def test_summary_has_the_documented_fields(tiny_run):
         assert it["test_mae_forces_meV_per_A"] > 0
         assert it["uncertainty_std"] > 0
     assert on_disk["stop_reason"].startswith("max_iterations")
+
+
+def test_summary_records_relaxation_statistics_stop_and_versions(tiny_run):
+    workdir, summary = tiny_run
+    relax = summary["relaxation"]
+    # CuI's forces vanish by symmetry: BFGS has nothing to do.
+    assert relax["max_force_after"] <= relax["settings"]["fmax"] == 0.005
+    assert relax["n_steps"] == 0 and "frame" not in relax
+    assert summary["unstable_modes"] == []
+    it0 = summary["iterations"][0]
+    stats = it0["acceptance_statistics"]["300"]
+    sel = tiny().selection
+    assert stats["energy_reference"] == "thermal-md"
+    assert stats["u_threshold"] == pytest.approx(stats["u_mean"] + sel.shift * stats["u_std"])
+    assert stats["e_knee"] == pytest.approx(stats["e_mean"] + sel.knee * stats["e_std"])
+    assert stats["n_accepted"] == it0["n_selected"] > 0
+    assert it0["md_ps"]["300"] == pytest.approx(stats["md_ps"]) and stats["md_ps"] <= 1.6
+    assert set(it0["test_statistics_by_temperature"]) == {"300"}
+    assert summary["versions"]["numpy"] and summary["versions"]["mace-torch"] == "0.3.16"
+    html = (workdir / "report" / "report.html").read_text()
+    for words in ("Ū + s·σ_U", "largest displacement from R0", "R0 relaxed with the labeller"):
+        assert words in html, words
 
 
 def test_dataset_grows_by_exactly_the_selected_frames(tiny_run):
@@ -203,7 +225,7 @@ def test_built_in_structures():
     assert agse.get_space_group_info()[1] == 122
 
 
-def _record(i: int, mae: float, n_selected: int = 5) -> IterationRecord:
+def _record(i: int, mae: float, n_selected: int = 5, u_std: float = 0.01) -> IterationRecord:
     return IterationRecord(
         iteration=i,
         n_train=10,
@@ -213,7 +235,7 @@ def _record(i: int, mae: float, n_selected: int = 5) -> IterationRecord:
         test_mae_forces_meV_per_A=mae,
         uncertainty_key="force_max",
         uncertainty_mean=0.1,
-        uncertainty_std=0.01,
+        uncertainty_std=u_std,
         wall_seconds=1.0,
         finished_at=0.0,
         ensemble_uuid="e",
@@ -221,64 +243,116 @@ def _record(i: int, mae: float, n_selected: int = 5) -> IterationRecord:
     )
 
 
-def _state(maes: list[float], acceptance: float | None, labels: int = 10) -> LoopState:
+def _state(maes: list[float], u_stds: list[float] | None = None, labels: int = 10) -> LoopState:
     from workflows.active_learning import FrameSet
 
+    u_stds = u_stds or [0.01] * len(maes)
     return LoopState(
         material="X",
         iteration=len(maes) - 1,
         train=FrameSet(),
         e0s={},
         starts={},
-        history=[_record(i, m) for i, m in enumerate(maes)],
+        history=[_record(i, m, u_std=u) for i, (m, u) in enumerate(zip(maes, u_stds, strict=True))],
         labels_used=labels,
-        last_acceptance_fraction=acceptance,
         fc_uuid="f",
         test_uuid="t",
         started_at=0.0,
     )
 
 
-def test_stopping_rules():
+def test_convergence_is_a_plateau_of_force_mae_and_sigma_u():
     s = ActiveLearningSettings.from_preset(
         "tiny",
         loop={
             "max_iterations": 10,
+            "converge_window": 3,
             "force_mae_rtol": 0.05,
-            "converge_window": 2,
-            "acceptance_threshold": 0.1,
+            "uncertainty_rtol": 0.10,
             "max_labels": 100,
         },
     )
-    # Changes of 2 % and 1 % over the window, few frames accepted: converged.
-    done = stopping_reason(_state([50.0, 40.0, 39.2, 38.8], acceptance=0.02), s)
+    # Last 3 MAEs 40.0, 39.2, 38.8: range 1.2/40 = 3 %; σ_U flat: converged, with the numbers.
+    done = stopping_reason(_state([50.0, 40.0, 39.2, 38.8]), s)
     assert done is not None and done[0] is True
-    # Same errors, but many frames still accepted: go on.
-    assert stopping_reason(_state([50.0, 40.0, 39.2, 38.8], acceptance=0.5), s) is None
-    # Error still dropping by 20 %: go on.
-    assert stopping_reason(_state([50.0, 40.0, 32.0], acceptance=0.0), s) is None
+    assert "iterations 1-3" in done[1] and "3.0%" in done[1] and "38.8-40.0 meV/Å" in done[1]
+    p = plateau(_state([50.0, 40.0, 39.2, 38.8]).history, s.loop)
+    assert p["plateau"] and p["force_mae_range"] == pytest.approx(1.2 / 40.0)
+    assert p["iterations"] == [1, 2, 3]
+    # The MAE has plateaued but σ_U still falls by 20 %: go on.
+    moving = _state([50.0, 40.0, 39.2, 38.8], u_stds=[0.02, 0.015, 0.013, 0.012])
+    assert plateau(moving.history, s.loop)["uncertainty_std_range"] == pytest.approx(0.2)
+    assert stopping_reason(moving, s) is None
+    # The MAE still drops by 20 % over the window: go on (the old rule called this converged
+    # when an exploration happened to accept nothing).
+    assert stopping_reason(_state([50.0, 40.0, 32.0]), s) is None
+    # Fewer iterations than the window: never converged.
+    assert stopping_reason(_state([40.0, 40.0]), s) is None
     # Budget spent.
-    out = stopping_reason(_state([50.0, 40.0], acceptance=0.5, labels=100), s)
+    out = stopping_reason(_state([50.0, 40.0], labels=100), s)
     assert out == (False, "label budget (100) used: 100 labels")
     # Iteration cap.
     capped = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 2})
-    assert stopping_reason(_state([50.0, 40.0], acceptance=0.5), capped)[1].startswith("max_iter")
-    # An exploration that selected nothing: converged, unless it blew up (then the
-    # ensemble got something badly wrong) or the shared budget granted nothing.
-    state = _state([50.0, 40.0], acceptance=0.0)
-    zero = state.history[0].model_copy(update={"n_selected": 0})
-    quiet = state.model_copy(update={"history": [zero, state.history[1]]})
-    assert stopping_reason(quiet, s) == (
-        True,
-        "converged: exploration accepted no frame (nothing unfamiliar was reached)",
+    assert stopping_reason(_state([50.0, 40.0]), capped)[1].startswith("max_iter")
+
+
+def _exploration(temperature: float, n_scored: int, frames: list, md_ps: float, **extra):
+    from makers.exploration import ExplorationDocument
+    from makers.selection import ReferenceStatistics
+
+    ref = ReferenceStatistics(
+        key="force_max", u_mean=0.05, u_std=0.01, e_mean=-200.0, e_std=0.25, n_frames=20
     )
-    blown = zero.model_copy(update={"n_blowups": 1})
-    assert (
-        stopping_reason(quiet.model_copy(update={"history": [blown, state.history[1]]}), s) is None
+    return ExplorationDocument.model_construct(
+        temperature=temperature,
+        n_scored=n_scored,
+        n_accepted=len(frames),
+        n_precursors=0,
+        frames=frames,
+        md_ps=md_ps,
+        equilibration_steps=100,
+        acceptance_reference=ref,
+        energy_reference_source="thermal-md",
+        stopped_by="budget",
+        blowup=None,
+        **extra,
     )
-    broke = zero.model_copy(update={"budget_limited": True})
-    spent = stopping_reason(quiet.model_copy(update={"history": [broke, state.history[1]]}), s)
-    assert spent[0] is False and spent[1].startswith("campaign label budget spent")
+
+
+def test_an_empty_exploration_stops_before_retraining_and_says_how_much_md_it_ran():
+    from jobflow import Flow, Response
+
+    from workflows.active_learning import Candidates, FrameSet, proceed
+
+    s = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 10})
+    state = _state([50.0, 40.0]).model_copy(update={"e0s": {"Cu": -0.5}})
+    uuids = {"state": "s", "ensemble": "e", "evaluation": "v", "fc": "f", "initial": "i"}
+    uuids |= {"collect": "c", "explore0": "x"}
+    empty = [_exploration(300.0, 170, [], 8.0)]
+    out = proceed.original(Candidates(frames=[]), empty, state, FrameSet(), {}, s, uuids, False)
+    assert out.converged is False
+    assert out.stop_reason.startswith("no frame accepted in 8 ps of MLIP-MD at 300 K")
+    assert "170 frames scored against Ū + s·σ_U = 0.07" in out.stop_reason
+    last = out.state.history[-1]
+    assert (last.n_selected, last.n_scored, last.md_ps) == (0, 170, {"300": 8.0})
+    assert last.acceptance_statistics["300"]["u_threshold"] == pytest.approx(0.05 + 2 * 0.01)
+    assert out.stop_details["acceptance_statistics"]["300"]["e_knee"] == pytest.approx(-199.75)
+    # With frames to label: label, top up, merge, then train, evaluate and decide.
+    found = [_exploration(300.0, 40, [_cu(0)], 1.3)]
+    nxt = proceed.original(
+        Candidates(frames=[_cu(0)]), found, state, FrameSet(), {}, s, uuids, False
+    )
+    assert isinstance(nxt, Response) and isinstance(nxt.replace, Flow)
+    names = [j.name for j in nxt.replace.jobs]
+    assert names == [
+        "X it1 link labels",
+        "X it1 label",
+        "X it1 top up labels",
+        "X it2 merge",
+        "X it2 train",
+        "X it2 evaluate",
+        "X it2 decide",
+    ]
 
 
 def test_several_temperatures_explore_as_one_batched_job(tmp_path):
@@ -296,6 +370,17 @@ def test_several_temperatures_explore_as_one_batched_job(tmp_path):
     # Each walker scored frames; together they fill the iteration's quota of selections.
     assert all(e["n_scored"] > 0 for e in doc["explorations"])
     assert summary["iterations"][0]["n_scored"] == sum(e["n_scored"] for e in doc["explorations"])
+    # Each walker was judged by statistics of its own temperature.
+    it0 = summary["iterations"][0]
+    assert set(it0["test_statistics_by_temperature"]) == {"300", "600"}
+    by_t = it0["acceptance_statistics"]
+    assert set(by_t) == {"300", "600"}
+    for e in doc["explorations"]:
+        ref = e["acceptance_reference"]
+        assert by_t[f"{e['temperature']:g}"]["e_mean"] == ref["e_mean"]
+        n = ref["n_frames"]
+        assert ref["e_mean"] == pytest.approx(sum(e["log"]["energy"][:n]) / n, rel=1e-12)
+    assert by_t["600"]["e_mean"] != by_t["300"]["e_mean"]
 
 
 # -- faults ------------------------------------------------------------------------------
@@ -390,7 +475,7 @@ def test_collect_keeps_the_next_best_as_reserve():
 
 def test_labeller_failing_every_frame_stops_the_loop():
     s = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 10})
-    state = _state([50.0, 40.0], acceptance=0.5)
+    state = _state([50.0, 40.0])
     history = list(state.history)
     history[0] = history[0].model_copy(
         update={
@@ -422,3 +507,20 @@ def test_loop_with_a_labeller_that_fails_on_md_frames_stops_with_a_verdict(tmp_p
     it0, it1 = summary["iterations"]
     assert it0["n_selected"] > 0 and it0["n_labelled"] == 0
     assert it1["n_train"] == it0["n_train"]
+
+
+def test_dft_labeller_cannot_relax_before_any_job():
+    from workflows.active_learning import ActiveLearningMaker
+
+    dft = ActiveLearningSettings.from_preset(
+        "tiny",
+        labeller={"kind": "atomate2", "code": "cp2k"},
+        loop={"e0s": {"Cu": -1.0, "I": -2.0}},
+    )
+    with pytest.raises(ValueError, match="DFT labeller .*set loop.relax = false"):
+        ActiveLearningMaker(settings=dft).make(get_structure("CuI"))
+    given = dft.model_copy(update={"loop": dft.loop.model_copy(update={"relax": False})})
+    flow = ActiveLearningMaker(settings=given).make(get_structure("CuI"))
+    assert not [j for j in flow.jobs if "relax" in j.name]
+    chgnet = ActiveLearningMaker(settings=tiny()).make(get_structure("CuI"))
+    assert chgnet.jobs[0].name == "CuI relax R0"

@@ -63,7 +63,10 @@ def settings(traj, **loop) -> ActiveLearningSettings:
 
 def test_trajectory_seeded_loop_with_emt(cu_inputs, tmp_path):
     cif, traj = cu_inputs
-    summary = run_local(str(cif), tmp_path / "run", settings(traj))
+    summary = run_local(str(cif), tmp_path / "run", settings(traj, trajectory_split="time"))
+    # In time order: trained on the first 16 frames, tested on the last 8.
+    test = read(tmp_path / "run" / "test.extxyz", ":")
+    assert sorted(a.info["aimd_index"] for a in test) == list(range(22, 30))
     assert summary["material"] == "Cu"
     assert summary["labeller"]["name"].startswith("ase")
     it0 = summary["iterations"][0]
@@ -71,6 +74,7 @@ def test_trajectory_seeded_loop_with_emt(cu_inputs, tmp_path):
     dataset = read(tmp_path / "run" / "dataset.extxyz", ":")
     initial = [a for a in dataset if a.info["iteration"] == 0]
     assert {a.info["source"] for a in initial} == {"aimd"}
+    assert sorted(a.info["aimd_index"] for a in initial) == list(range(16))
     # Frames the loop selected were labelled by EMT: recompute one by hand.
     new = [a for a in dataset if a.info["iteration"] == 1]
     assert len(new) == it0["n_labelled"] > 0
@@ -94,3 +98,28 @@ def test_too_short_trajectory_is_refused(cu_inputs, tmp_path):
     cif, traj = cu_inputs
     with pytest.raises(ValueError, match="are needed"):
         run_local(str(cif), tmp_path / "run", settings(traj, n_initial=40))
+
+
+def test_split_in_time_or_shuffled():
+    from active_mlip.frames import Frame
+    from workflows.active_learning import split_initial
+
+    frames = [
+        Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3).tolist(), info={"aimd_index": k})
+        for k in (5, 0, 3, 1, 4, 2)  # not in file order: the index decides
+    ]
+    loop = settings("x.extxyz", n_initial=3, n_test=2, trajectory_split="time").loop
+    test, train = split_initial(frames, loop)
+    assert [frames[i].info["aimd_index"] for i in test] == [5, 4]
+    assert sorted(frames[i].info["aimd_index"] for i in train) == [0, 1, 2]
+    shuffled = settings("x.extxyz", n_initial=3, n_test=2).loop
+    assert shuffled.trajectory_split == "shuffle"
+    test, train = split_initial(frames, shuffled)
+    assert len(test) == 2 and len(train) == 3 and not set(test) & set(train)
+    assert split_initial(frames, shuffled) == (test, train)  # seeded
+    with pytest.raises(
+        ValueError, match="needs n_initial \\+ n_test = 7 frames; the trajectory has 6"
+    ):
+        split_initial(
+            frames, settings("x.extxyz", n_initial=5, n_test=2, trajectory_split="time").loop
+        )
