@@ -160,10 +160,16 @@ def settings_for(
             "seed": seed,
             # Run every iteration: a learning curve, not a converged potential, is measured.
             "force_mae_rtol": 1e-12,
-            "acceptance_threshold": 0.0,
+            "uncertainty_rtol": 1e-12,
         },
         training=training,
-        exploration={"max_steps": size["md_steps"]},
+        # The step budget as before; no equilibration or thermal window, so that the
+        # strategies compared here keep scoring the same frames as in earlier sessions.
+        exploration={
+            "max_steps": size["md_steps"],
+            "equilibration_ps": 0.0,
+            "thermal_window_ps": 0.0,
+        },
         selection={"shift": shift, "knee": knee, "decay_at": knee + 0.8},
     )
 

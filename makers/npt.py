@@ -81,10 +81,13 @@ def make_npt_dynamics(
     pressure_gpa
         External pressure (GPa); any finite value (negative is tension).
     tdamp_fs
-        Thermostat time constant (fs), > 0; about 100 time steps.
+        Thermostat time constant (fs), > 0; ~100 fs (25-50 steps) is fine.
     pdamp_fs
-        Barostat time constant (fs), > 0; a few hundred fs to 1000 time steps. Smaller
-        values decorrelate the volume faster but must stay well above the time step.
+        Barostat time constant (fs), > 0. The volume oscillates with period
+        2π pdamp sqrt(kT / (3 Ω B)) (Ω volume per atom, B bulk modulus; independent of N),
+        0.23 pdamp for Cu at 500 K, and its variance decorrelates in ~pdamp. Keep the
+        period >= ~25 steps, i.e. pdamp >= ~100 time steps (400 fs at 4 fs was tested);
+        ASE's suggested 1000 steps samples the volume 10x more slowly.
     rng
         Unused: the MTK integrator is deterministic. Kept so that all exploration dynamics
         factories share one signature.
@@ -110,8 +113,12 @@ def make_npt_dynamics(
     run the crystal at T N/(N-1) (3% hot for 32 atoms, 14% for 8). We therefore zero the
     centre-of-mass momentum and set up the thermostat, barostat and MTK coupling terms for
     N_f = 3N - 3, as in MTK's derivation with N_f degrees of freedom.
-    Every step evaluates the calculator once at the new positions and cell (forces and
-    stress are read from the same results).
+    Every step evaluates the calculator once at the new positions and cell if it fills
+    forces and stress in one call (EMT, MACE and ``EnsembleCalculator`` do). The dynamics
+    keeps its own positions, momenta, strain and chain variables and writes them to
+    ``atoms`` after each step, so edits to ``atoms`` between steps are overwritten: build a
+    new dynamics instead. ``atoms.get_temperature()`` counts 3N degrees of freedom and so
+    reads T (N-1)/N on average.
     """
     del rng  # deterministic integrator; see docstring
     temperature_K = _positive("temperature_K", temperature_K)

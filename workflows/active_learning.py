@@ -126,6 +126,10 @@ class IterationRecord(Document):
     md_ps: dict[str, float] = Field(
         default_factory=dict, description="MLIP-MD run by this iteration's exploration (ps), per K."
     )
+    restarts: dict[str, str] = Field(
+        default_factory=dict,
+        description="Walkers (K, as str) that restart from R0 in the next iteration, and why.",
+    )
     acceptance_statistics: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="Per temperature (K, as str): what this iteration's exploration judged "
@@ -159,6 +163,9 @@ class LoopState(Document):
     test: FrameSet | None = Field(None, description="Only in the initial state.")
     e0s: dict[str, float]
     starts: dict[str, Frame] = Field(description="MD start frame per temperature (K, as str).")
+    r0: Frame | None = Field(
+        None, description="The (relaxed) reference structure: where a restarted walker starts."
+    )
     history: list[IterationRecord] = Field(default_factory=list)
     labels_used: int = Field(
         0,
@@ -283,6 +290,8 @@ def initial_split(
     )
     uuid = CURRENT_JOB.job.uuid
     starts = {_tkey(t): reference.unlabelled(temperature=t) for t in loop.temperatures}
+    r0 = reference.unlabelled()
+    r0.info.pop("labeller", None)
     n_used = labelled.n_labelled + labelled.n_failed
     if loop.shared_budget is not None:  # already spent: charged even if the pool is short
         label_budget.draw(
@@ -294,6 +303,7 @@ def initial_split(
         test=FrameSet(frames=test),
         e0s=e0s,
         starts=starts,
+        r0=r0,
         labels_used=n_used,
         fc_uuid=fc_uuid,
         test_uuid=uuid,
@@ -481,6 +491,7 @@ def merge(
     screening: ScreeningSummary | None = None,
     budget_limited: bool = False,
     facts: dict[str, Any] | None = None,
+    restart_error: float | None = None,
 ) -> LoopState:
     """Add the newly labelled frames to the training subsets; advance the MD starts.
 
@@ -488,6 +499,12 @@ def merge(
     iteration (small, passed by value: the controller's updated state is not stored
     anywhere else); ``facts`` are the exploration's per-temperature numbers
     (:func:`exploration_facts`).
+
+    A walker continues its trajectory in the next iteration, unless it blew up or its
+    labelled frames show that the ensemble was off by more than ``restart_error``
+    (meV/atom) in energy: it then sat in a false basin of that ensemble (a hallucinated
+    state) and restarts from R0 with fresh velocities, rather than lead the next, barely
+    corrected ensemble deeper into it.
     """
     new = [f.with_info(role="train") for f in labelled.frames]
     train = assign_subsets(
@@ -497,14 +514,29 @@ def merge(
         valid_fraction=training.valid_fraction,
     )
     starts = dict(state.starts)
+    errors = _energy_errors(labelled.frames)
+    restarts: dict[str, str] = {}
     n_scored = n_accepted = 0
     for doc in explorations:
         n_scored += doc.n_scored
         n_accepted += doc.n_accepted
-        # Continue the trajectory unless it blew up: the next ensemble starts where the
-        # last one left off, so exploration reaches further each iteration.
-        if doc.stopped_by != "blowup" and doc.last_frame is not None:
-            starts[_tkey(doc.temperature)] = doc.last_frame
+        key = _tkey(doc.temperature)
+        worst = max(errors.get(key, [0.0]))
+        if doc.stopped_by == "blowup":
+            restarts[key] = f"blew up at step {doc.blowup['step'] if doc.blowup else '?'}"
+        elif restart_error is not None and worst > restart_error:
+            restarts[key] = (
+                f"a labelled frame's energy was {worst:.0f} meV/atom off the ensemble's "
+                f"(limit {restart_error:g})"
+            )
+        elif doc.last_frame is not None:
+            # The next ensemble starts where the last one left off, so exploration
+            # reaches further in time each iteration.
+            starts[key] = doc.last_frame
+            continue
+        if state.r0 is not None:
+            starts[key] = state.r0.with_info(temperature=float(doc.temperature))
+            logger.info("walker at %s K restarts from R0: %s", key, restarts[key])
     calibration = _calibration(ensemble, labelled.frames)
     pending = {
         "n_scored": n_scored,
@@ -516,6 +548,7 @@ def merge(
         "calibration": calibration,
         "budget_limited": bool(budget_limited),
         "n_blowups": sum(doc.stopped_by == "blowup" for doc in explorations),
+        "restarts": restarts,
         **(facts or {}),
     }
     return state.model_copy(
@@ -533,6 +566,18 @@ def merge(
             "pending": pending,
         }
     )
+
+
+def _energy_errors(frames: list[Frame]) -> dict[str, list[float]]:
+    """|E_ref − E_ensemble| per atom (meV/atom) of labelled MLIP-MD frames, per temperature."""
+    out: dict[str, list[float]] = {}
+    for f in frames:
+        e_mlip, t = f.info.get("energy_mlip"), f.info.get("temperature")
+        if e_mlip is None or t is None or f.energy is None:
+            continue
+        err = abs(float(f.energy) - float(e_mlip)) / f.n_atoms * 1000.0
+        out.setdefault(_tkey(t), []).append(err)
+    return out
 
 
 def _calibration(ensemble: EnsembleDocument, frames: list[Frame]) -> list[dict[str, float]]:
@@ -629,6 +674,7 @@ def decide(
                 "label_uuid": label_uuid,
                 "calibration": pending["calibration"],
                 "md_ps": pending.get("md_ps", {}),
+                "restarts": pending.get("restarts", {}),
                 "acceptance_statistics": pending.get("acceptance_statistics", {}),
             }
         )
@@ -1107,6 +1153,7 @@ def proceed(
         screening=state.screening,
         budget_limited=candidates.budget_limited,
         facts=facts,
+        restart_error=loop.restart_error_meV_per_atom,
     )
     new_state.name = f"{material} it{i + 1} merge"
     tag(new_state, "glue")

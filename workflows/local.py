@@ -286,6 +286,7 @@ def export_run(
                 "uncertainty_std": h.uncertainty_std,
                 "wall_seconds": h.wall_seconds,
                 "md_ps": h.md_ps,
+                "restarts": h.restarts,
                 "acceptance_statistics": h.acceptance_statistics,
                 "test_statistics_by_temperature": h.test_statistics_by_temperature,
             }

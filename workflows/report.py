@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from makers.selection import ReferenceStatistics
+
 logger = logging.getLogger(__name__)
 
 
@@ -96,10 +98,20 @@ def write_report(
             for d in batch if batch is not None else [doc]:
                 log = d.log if hasattr(d, "log") else d.get("log", {})
                 temp = d.temperature if hasattr(d, "temperature") else d.get("temperature")
-                logs.append((h, temp, log))
+                ref = (
+                    d.acceptance_reference
+                    if hasattr(d, "acceptance_reference")
+                    else d.get("acceptance_reference")
+                )
+                if ref is None:  # explorations from before the thermal window
+                    threshold = h.uncertainty_mean + shift * h.uncertainty_std
+                else:
+                    ref = ReferenceStatistics.model_validate(_plain(ref))
+                    threshold = ref.u_mean + shift * ref.u_std
+                logs.append((h, temp, log, threshold))
     if logs:
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        for k, (h, temp, log) in enumerate(logs):
+        for k, (h, temp, log, threshold) in enumerate(logs):
             step = np.asarray(log.get("step", []), float)
             u = np.asarray(log.get("u", []), float)
             if not len(u):
@@ -107,9 +119,7 @@ def write_report(
             line = ax.plot(step, u, lw=1, color=f"C{k % 10}", label=f"it{h.iteration} {temp:g} K")[
                 0
             ]
-            ax.axhline(
-                h.uncertainty_mean + shift * h.uncertainty_std, ls=":", color=line.get_color()
-            )
+            ax.axhline(threshold, ls=":", color=line.get_color())
             acc = np.asarray(log.get("accepted", []), bool)
             if acc.any():
                 ax.plot(step[acc], u[acc], "x", color=line.get_color())
@@ -119,12 +129,13 @@ def write_report(
         save(
             fig,
             "uncertainty_trajectories.png",
-            "Uncertainty along each exploration trajectory; dotted: acceptance threshold "
-            f"Ū + {shift:g}σ_U of that iteration (P_U = 0.5); crosses: accepted frames.",
+            "Uncertainty along each exploration trajectory (scored frames, after equilibration); "
+            f"dotted: that walker's acceptance threshold Ū + {shift:g}σ_U (P_U = 0.5, from its "
+            "thermal window); crosses: accepted frames.",
         )
 
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-        for k, (h, temp, log) in enumerate(logs):
+        for k, (h, temp, log, _) in enumerate(logs):
             u = np.asarray(log.get("u", []), float)
             e = np.asarray(log.get("energy_per_atom", log.get("energy", [])), float)
             p = np.asarray(log.get("p", []), float)
@@ -288,7 +299,8 @@ def _acceptance_table(history: list[Any]) -> str:
                 f"<td>{a['u_mean']:.4g}</td><td>{a['u_std']:.3g}</td><td>{a['u_threshold']:.4g}</td>"
                 f"<td>{a['e_mean']:.4f}</td><td>{a['e_std']:.3g}</td><td>{a['e_knee']:.4f}</td>"
                 f"<td>{html.escape(a['energy_reference'])}</td><td>{a['n_scored']}</td>"
-                f"<td>{a['n_accepted']}</td><td>{a['md_ps']:.2f}</td></tr>"
+                f"<td>{a['n_accepted']}</td><td>{a['md_ps']:.2f}</td>"
+                f"<td>{html.escape(h.restarts.get(t, 'continues'))}</td></tr>"
             )
     if not rows:
         return "<p>No exploration has run.</p>"
@@ -296,7 +308,7 @@ def _acceptance_table(history: list[Any]) -> str:
         "<table><tr><th>iteration</th><th>T (K)</th><th>Ū</th><th>σ_U</th>"
         "<th>Ū + s·σ_U (P_U = ½)</th><th>Ē (eV)</th><th>σ_E (eV)</th>"
         "<th>Ē + knee·σ_E (P_E &lt; 1 above)</th><th>Ē, σ_U from</th><th>scored</th>"
-        "<th>accepted</th><th>MD (ps)</th></tr>" + "".join(rows) + "</table>"
+        "<th>accepted</th><th>MD (ps)</th><th>next start</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -359,6 +371,13 @@ def _structure_section(state: Any) -> str:
     else:
         parts.append("<p>No harmonic mode of R0 has ω² ≤ 0.</p>")
     return "".join(parts)
+
+
+def _plain(obj: Any) -> Any:
+    """A model, or its serialised dict without monty's '@' keys."""
+    if isinstance(obj, dict):
+        return {k: v for k, v in obj.items() if not k.startswith("@")}
+    return obj
 
 
 def _write_html(

@@ -55,6 +55,13 @@ class LoopSettings(Document):
         "frames and tests on its last n_test (the paper's situation: an MLIP trained on early "
         "aiMD meets a later event); 'shuffle' draws both at random.",
     )
+    restart_error_meV_per_atom: float | None = Field(
+        50.0,
+        gt=0,
+        description="A walker whose labelled frames were off the ensemble's energy by more "
+        "than this (meV/atom) sat in a false basin: it restarts from R0 in the next "
+        "iteration instead of continuing its trajectory. None: always continue.",
+    )
     relax: bool = Field(
         True,
         description="Relax R0's atomic positions with the labeller before anything else "

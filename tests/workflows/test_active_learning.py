@@ -524,3 +524,53 @@ def test_dft_labeller_cannot_relax_before_any_job():
     assert not [j for j in flow.jobs if "relax" in j.name]
     chgnet = ActiveLearningMaker(settings=tiny()).make(get_structure("CuI"))
     assert chgnet.jobs[0].name == "CuI relax R0"
+
+
+def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
+    import workflows.active_learning as al
+    from makers.schemas import LabelledBatch, LabellerIdentity
+    from makers.training import TrainingSettings
+    from workflows.active_learning import FrameSet, merge
+
+    monkeypatch.setattr(al, "_calibration", lambda ensemble, frames: [])  # needs no models
+    r0 = _cu(0).unlabelled()
+    state = _state([50.0]).model_copy(
+        update={"r0": r0, "starts": {"300": r0.with_info(temperature=300.0)}}
+    )
+    last = _cu(7).unlabelled().with_info(temperature=300.0, velocities=[[0.1, 0, 0]] * 4)
+    explored = _exploration(300.0, 40, [], 1.0, last_frame=last)
+
+    def labelled(offset_meV_per_atom: float):
+        f = _cu(3)
+        e = -4.0  # the reference's energy of the 4-atom frame; the ensemble said less
+        f = f.model_copy(update={"energy": e, "forces": [[0.0, 0.0, 0.0]] * 4})
+        mlip = e - offset_meV_per_atom * 4 / 1000
+        f = f.with_info(temperature=300.0, energy_mlip=mlip, iteration=1, source="mlip-md")
+        return LabelledBatch(
+            labeller=LabellerIdentity(name="x", settings_hash="h"),
+            frames=[f],
+            n_requested=1,
+            n_labelled=1,
+            n_failed=0,
+        )
+
+    def run(offset: float):
+        return merge.original(
+            state.model_copy(update={"train": FrameSet(frames=[_cu(1), _cu(2)])}),
+            labelled(offset),
+            [explored],
+            None,
+            TrainingSettings.preset("tiny"),
+            0,
+            history=state.history,
+            restart_error=50.0,
+        )
+
+    near = run(10.0)  # 10 meV/atom off: the walker continues where it stopped
+    assert near.starts["300"].positions == last.positions
+    assert near.pending["restarts"] == {}
+    far = run(120.0)  # 120 meV/atom off: a hallucinated basin; back to R0, no velocities
+    assert far.starts["300"].positions == r0.positions
+    assert "velocities" not in far.starts["300"].info
+    assert far.starts["300"].info["temperature"] == 300.0
+    assert far.pending["restarts"]["300"].startswith("a labelled frame's energy was 120 meV/atom")
