@@ -274,7 +274,7 @@ def _sigma_a_plot(plt, result, store, test_frames, save) -> tuple[bool, list[dic
         label="selected MLIP-MD frames",
     )
     if len(set(its.tolist())) > 1:
-        fig.colorbar(sc, ax=ax, label="explored in iteration")
+        fig.colorbar(sc, ax=ax, label="explored in iteration", ticks=sorted(set(its.tolist())))
     ax.set_xlabel("largest atomic displacement from R0 (Å)")
     ax.set_ylabel("σ^A (reference forces)")
     ax.legend(fontsize=8)
@@ -380,6 +380,20 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _plateau_line(details: dict[str, Any]) -> str:
+    """The convergence test's numbers over its window, as the loop decided it."""
+    if "force_mae_range" not in details:
+        return ""
+    its = details["iterations"]
+    return (
+        f"<p>Convergence test over iterations {its[0]}–{its[-1]}: the test force MAE varied "
+        f"by {details['force_mae_range']:.1%} (tolerance {details['force_mae_rtol']:.0%}), "
+        f"σ_U by {details['uncertainty_std_range']:.1%} (tolerance "
+        f"{details['uncertainty_rtol']:.0%}): {'a plateau' if details['plateau'] else 'no plateau'}"
+        ".</p>"
+    )
+
+
 def _write_html(
     out: Path,
     result: Any,
@@ -400,6 +414,7 @@ def _write_html(
         for name, cap in figures
     )
     verdict = "converged" if result.converged else "not converged"
+    plateau = _plateau_line(getattr(result, "stop_details", None) or {})
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>active-mlip: {html.escape(result.material)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}
@@ -408,7 +423,7 @@ img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>{html.escape(result.material)}: active learning report</h1>
 <p><b>{verdict}</b>: {html.escape(result.stop_reason)}.
 Reference labels computed: {result.state.labels_used}
-(labels reused from the result cache are not counted).</p>
+(labels reused from the result cache are not counted).</p>{plateau}
 <table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
 <th>test E MAE (meV/atom)</th><th>test F MAE (meV/Å)</th><th>Ū</th><th>σ_U</th>
 <th>wall (s)</th></tr>
