@@ -26,7 +26,6 @@ from makers.selection import (
     SelectionSettings,
     anharmonicity_score,
     minimum_image_displacements,
-    reference_at,  # noqa: F401  (re-exported: where the statistics are made)
     reference_statistics,
     split_by_temperature,
 )

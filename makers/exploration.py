@@ -105,9 +105,9 @@ class ExplorationSettings(Document):
         0.0,
         ge=0,
         description="> 0: after equilibration, the ensemble's own MD over this window (ps) "
-        "sets the energetic reference Ē, σ_E of P_E at this temperature (see "
+        "sets Ū, σ_U, Ē, σ_E of P_U and P_E at this temperature (see "
         "makers.selection.thermal_reference); its frames are scored once it closes. "
-        "0: P_E uses the test set's energies.",
+        "0: the test set's statistics at this temperature are used.",
     )
     pressure_gpa: float = Field(0.0, description="Target pressure for 'npt' (GPa).")
     taut_fs: float = Field(

@@ -956,7 +956,7 @@ def _nothing_accepted(facts: dict[str, Any]) -> str:
         if "u_threshold" in row:
             text += (
                 f" ({row['n_scored']} frames scored against Ū + s·σ_U = "
-                f"{row['u_threshold']:.4g} and Ē = {row['e_mean'] / 1:.6g} eV)"
+                f"{row['u_threshold']:.4g} and Ē = {row['e_mean']:.6g} eV)"
             )
         if "blowup" in row:
             b = row["blowup"]
