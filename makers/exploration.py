@@ -494,7 +494,7 @@ class _Walker:
             return
         self.last_sane = _snapshot(self.atoms)
         if step % s.loginterval == 0:
-            snap = self._snapshot(results)
+            snap = self._log_step(results)
             self.recent.append((float(snap.uncertainty[self.key]), snap.frame))
             if step <= s.equilibration_steps:
                 pass  # thermalising: not yet distributed like the ensemble at T
@@ -522,7 +522,7 @@ class _Walker:
     def _quota_met(self) -> bool:
         return self.selection.mode == "probabilistic" and len(self.candidates) >= self.n_new
 
-    def _snapshot(self, results: dict) -> _Logged:
+    def _log_step(self, results: dict) -> _Logged:
         """What scoring needs of the current step, kept (the thermal window scores later)."""
         atoms = self.atoms
         return _Logged(
