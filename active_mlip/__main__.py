@@ -1,5 +1,5 @@
 """``python -m active_mlip``: the same as the ``active-mlip`` command."""
 
-from active_mlip.cli import app
+from active_mlip.app.cli import app
 
 app()

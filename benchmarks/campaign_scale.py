@@ -3,7 +3,7 @@
 On a jongodb wire-protocol server (in memory, on this machine):
 
 1. ``active-mlip submit`` of a campaign file listing every material of
-   ``workflows.materials.load_screening_set()`` (a fresh process, as a user runs it),
+   ``active_mlip.workflows.materials.load_screening_set()`` (a fresh process, as a user runs it),
    timed end to end, and the same submission in this process split into its parts
    (building the flows, converting them to workflows, adding them to the LaunchPad);
 2. filler: the same materials submitted again under other campaign names until the
@@ -46,7 +46,7 @@ STATUS_TARGET_S = 2.0
 CAMPAIGN = "screening-112"
 #: What any `active-mlip status` imports before its first query: the floor of its time.
 IMPORTS = (
-    "import active_mlip.cli, active_mlip.cli_fireworks, active_mlip.fw, active_mlip.stores, "
+    "import active_mlip.app.cli, active_mlip.app.status, active_mlip.stores.job_store, "
     "fireworks, jobflow, maggma.stores, pymongo"
 )
 
@@ -70,7 +70,7 @@ def timed_cli(args: list[str], cwd: Path) -> tuple[float, str]:
 
 def write_campaign(path: Path, name: str, preset: str, names: list[str] | None = None) -> Path:
     """A campaign file of ``names`` (default: the whole screening set)."""
-    from workflows.materials import load_screening_set
+    from active_mlip.workflows.materials import load_screening_set
 
     names = names or [e.name for e in load_screening_set()]
     path.write_text(f"name: {name}\npreset: {preset}\nmaterials: [{', '.join(names)}]\n")
@@ -81,8 +81,9 @@ def submit_in_process(campaign_file: Path) -> dict[str, float]:
     """The submission's parts, timed in this process (fresh databases)."""
     from jobflow.managers.fireworks import flow_to_workflow
 
-    import active_mlip.fw as fw
-    from workflows.campaign import load_campaign
+    import active_mlip.app.submit as fw
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.workflows.campaign import load_campaign
 
     parts = {"build flows": 0.0, "to_workflow": 0.0, "add_wf": 0.0}
     orig_to_wf, orig_add = fw.to_workflow, None
@@ -98,7 +99,7 @@ def submit_in_process(campaign_file: Path) -> dict[str, float]:
     t0 = time.perf_counter()
     campaign, settings = load_campaign(campaign_file)
     parts["load campaign"] = time.perf_counter() - t0
-    lp = fw.load_launchpad()
+    lp = load_launchpad()
     orig_add = lp.add_wf
 
     def add_wf(wf, *a, **k):
@@ -126,8 +127,9 @@ def fill_and_complete(
     lp, campaign_file: Path, min_fireworks: int, preset: str, names: list[str] | None = None
 ) -> int:
     """Submit filler campaigns until ``min_fireworks``; complete status-relevant fireworks."""
-    from active_mlip.fw import client_job_store, submit_campaign
-    from workflows.campaign import load_campaign
+    from active_mlip.app.submit import submit_campaign
+    from active_mlip.stores.worker_store import client_job_store
+    from active_mlip.workflows.campaign import load_campaign
 
     k = 0
     while lp.fireworks.count_documents({}) < min_fireworks:
@@ -191,7 +193,7 @@ def print_transfer(lp) -> None:
     """
     import bson
 
-    from active_mlip.fw import _STATUS_KINDS
+    from active_mlip.app.status import _STATUS_KINDS
 
     query = {"state": "COMPLETED", "spec.kind": {"$in": list(_STATUS_KINDS)}}
     t0 = time.perf_counter()
@@ -234,7 +236,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile status in-process")
     args = parser.parse_args()
 
-    from active_mlip.fw import campaign_status, client_job_store, load_launchpad
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.app.status import campaign_status
+    from active_mlip.stores.worker_store import client_job_store
 
     tmp = Path(tempfile.mkdtemp(prefix="campaign-scale-"))
     campaign_file = write_campaign(tmp / "campaign.yaml", CAMPAIGN, args.preset)
@@ -314,7 +318,7 @@ def main() -> None:
             import io
             import pstats
 
-            from active_mlip.cli import app
+            from active_mlip.app.cli import app
 
             prof = cProfile.Profile()
             prof.runcall(campaign_status, lp, None, store)

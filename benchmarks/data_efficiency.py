@@ -9,7 +9,7 @@ with the same ensemble training (the ``quick`` MACE preset, warm-started from th
 previous round's members, the same subsets and seeds), and after every round the
 ensemble-mean forces are scored on the held-out frames:
 
-(a) active learning: the real loop (:func:`workflows.local.run_local`, seeded), harmonic
+(a) active learning: the real loop (:func:`active_mlip.app.local.run_local`, seeded), harmonic
     initial data at T, then MLIP-MD at T with frames accepted by the paper's P_U·P_E;
 (b) random MLIP-MD frames: the same initial data and first ensemble, then MLIP-MD at T
     with the current ensemble (same MD settings), frames drawn uniformly at random from
@@ -62,13 +62,14 @@ for _var in ("ACTIVE_MLIP_MONGO_URI", "ACTIVE_MLIP_STORE_FILE"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from active_mlip.frames import Frame, read_frames, write_extxyz  # noqa: E402
-from active_mlip.stores import ResultCache, StoreSettings, make_job_store  # noqa: E402
-from makers.labelling import CHGNetLabeller, label_in_process  # noqa: E402
-from makers.schemas import EnsembleDocument  # noqa: E402
-from makers.selection import ReferenceStatistics, minimum_image_displacements  # noqa: E402
-from makers.training import EnsembleTrainingMaker, assign_subsets  # noqa: E402
-from workflows.settings import ActiveLearningSettings  # noqa: E402
+from active_mlip.core.frames import Frame, read_frames, write_extxyz  # noqa: E402
+from active_mlip.makers.labelling import CHGNetLabeller, label_in_process  # noqa: E402
+from active_mlip.makers.schemas import EnsembleDocument  # noqa: E402
+from active_mlip.makers.selection import ReferenceStatistics, minimum_image_displacements  # noqa: E402
+from active_mlip.makers.training import EnsembleTrainingMaker, assign_subsets  # noqa: E402
+from active_mlip.stores.cache import ResultCache  # noqa: E402
+from active_mlip.stores.job_store import StoreSettings, make_job_store  # noqa: E402
+from active_mlip.workflows.settings import ActiveLearningSettings  # noqa: E402
 
 MATERIAL = "CuI"
 SUPERCELL = (2, 2, 2)  # 64 atoms, the quick preset's
@@ -178,7 +179,7 @@ def settings_for(
 def ground_state() -> Frame:
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from workflows.materials import get_structure
+    from active_mlip.workflows.materials import get_structure
 
     atoms = AseAtomsAdaptor.get_atoms(get_structure(MATERIAL) * SUPERCELL)
     return Frame.from_atoms(atoms, source="reference")
@@ -294,7 +295,7 @@ def score(
     """
     from scipy.stats import spearmanr
 
-    from makers.ensemble import EnsembleCalculator, force_spread
+    from active_mlip.makers.ensemble import EnsembleCalculator, force_spread
 
     calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
     results = calc.evaluate([f.unlabelled().to_atoms() for f in frames], batch_size=8)
@@ -355,8 +356,8 @@ def active_learning(
     workdir: Path, settings: ActiveLearningSettings
 ) -> tuple[list[dict], list[Frame], dict]:
     """Run the loop; per iteration (labels, ensemble), the initial frames, the summary."""
-    from workflows.active_learning import LoopResult
-    from workflows.local import run_local
+    from active_mlip.app.local import run_local
+    from active_mlip.workflows.active_learning import LoopResult
 
     t0 = time.perf_counter()
     summary = run_local(MATERIAL, workdir, settings)
@@ -400,8 +401,8 @@ def random_mlip_md(
     frames are drawn uniformly from all their scored frames. Stops at the first round
     whose ensemble reaches ``target`` (force MAE, meV/Å).
     """
-    from makers.ensemble import EnsembleCalculator
-    from makers.exploration import run_exploration
+    from active_mlip.makers.ensemble import EnsembleCalculator
+    from active_mlip.makers.exploration import run_exploration
 
     labeller = settings.labeller
     cache = ResultCache(store.additional_stores.get("cache"))

@@ -40,16 +40,16 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from active_mlip.frames import Frame  # noqa: E402
-from makers.ensemble import EnsembleCalculator  # noqa: E402
-from makers.exploration import (  # noqa: E402
+from active_mlip.core.frames import Frame  # noqa: E402
+from active_mlip.makers.ensemble import EnsembleCalculator  # noqa: E402
+from active_mlip.makers.exploration import (  # noqa: E402
     ExplorationSettings,
     run_exploration,
     run_exploration_walkers,
 )
-from makers.selection import ReferenceStatistics, SelectionSettings  # noqa: E402
+from active_mlip.makers.selection import ReferenceStatistics, SelectionSettings  # noqa: E402
+from active_mlip.workflows.materials import get_structure  # noqa: E402
 from tests.models import make_mace_model, write_model  # noqa: E402
-from workflows.materials import get_structure  # noqa: E402
 
 R_MAX = 4.5
 LOGINTERVAL = 10

@@ -1,6 +1,6 @@
 """Orchestration overhead: time outside labelling, training and MD, locally and on FireWorks.
 
-(a) Local: the ``tiny`` preset loop (``workflows.local.run_local``, 8-atom CuI, CHGNet
+(a) Local: the ``tiny`` preset loop (``active_mlip.app.local.run_local``, 8-atom CuI, CHGNet
     labels, 2 iterations; ``--preset quick --max-iterations 2`` for 64-atom CuI) with
     every job timed. ``Job.run`` is wrapped so that each job's
     own function time is measured apart from what jobflow does around it (resolving
@@ -12,7 +12,7 @@
     the run. Target: the part outside labelling, training and MD at most 5 % of an
     iteration; printed as is and less the evaluation (i.e. bookkeeping only).
     ``--compare-stores`` runs it twice, side by side: before (the local stores on montydb
-    alone, jobflow's ``get_output``) and after (:mod:`active_mlip.local_store`, and
+    alone, jobflow's ``get_output``) and after (:mod:`active_mlip.stores.local_store`, and
     ``BlobsFirstJobStore.get_output`` returning outputs without references unwalked).
 
 (b) FireWorks: a chain of N jobs that each sleep ``--work`` seconds, submitted as one
@@ -165,8 +165,8 @@ def local_overhead(args) -> dict[str, Any]:
     Returns the worst iteration's shares (outside labelling/training/MD, bookkeeping) and
     the job I/O seconds per iteration and over the flow.
     """
-    from workflows.local import run_local
-    from workflows.settings import ActiveLearningSettings
+    from active_mlip.app.local import run_local
+    from active_mlip.workflows.settings import ActiveLearningSettings
 
     loop = {"max_iterations": args.max_iterations} if args.max_iterations else {}
     settings = ActiveLearningSettings.from_preset(args.preset, **({"loop": loop} if loop else {}))
@@ -220,11 +220,11 @@ def local_overhead(args) -> dict[str, Any]:
 
 def compare_stores(args) -> None:
     """(a) twice, side by side: before, the local stores on montydb alone and jobflow's
-    ``get_output``; after, :class:`~active_mlip.local_store.IndexedMontyStore` and
-    :meth:`~active_mlip.stores.BlobsFirstJobStore.get_output` (no walk of outputs
+    ``get_output``; after, :class:`~active_mlip.stores.local_store.IndexedMontyStore` and
+    :meth:`~active_mlip.stores.job_store.BlobsFirstJobStore.get_output` (no walk of outputs
     without references)."""
-    from active_mlip.local_store import IndexedMontyStore
-    from active_mlip.stores import BlobsFirstJobStore
+    from active_mlip.stores.job_store import BlobsFirstJobStore
+    from active_mlip.stores.local_store import IndexedMontyStore
 
     runs = {}
     for label, after in (("before: montydb, jobflow's get_output", False), ("after", True)):
@@ -330,7 +330,10 @@ def fireworks_overhead(args, uri: str) -> float:
     from jobflow import JobStore, run_locally
     from maggma.stores import MemoryStore
 
-    from active_mlip.fw import client_job_store, load_launchpad, run_worker, submit_flows
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.app.submit import submit_flows
+    from active_mlip.app.workers import run_worker
+    from active_mlip.stores.worker_store import client_job_store
 
     for handler in logging.getLogger().handlers:  # the local run's, fed by FireWorks' DEBUG
         handler.setLevel(logging.WARNING)

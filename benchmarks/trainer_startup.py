@@ -25,10 +25,10 @@ from ase.calculators.emt import EMT
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from active_mlip.frames import Frame  # noqa: E402
+from active_mlip.core.frames import Frame  # noqa: E402
+from active_mlip.makers import mace_runner  # noqa: E402
+from active_mlip.makers.training import TrainingSettings, run_mace_training  # noqa: E402
 from benchmarks.training_cost import epoch_curve  # noqa: E402
-from makers import mace_runner  # noqa: E402
-from makers.training import TrainingSettings, run_mace_training  # noqa: E402
 
 MODES = ("forkserver", "subprocess")
 

@@ -42,11 +42,11 @@ from pymatgen.io.ase import AseAtomsAdaptor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from active_mlip.frames import Frame  # noqa: E402
-from makers.labelling import CHGNetLabeller  # noqa: E402
-from makers.sampling import compute_force_constants, harmonic_samples  # noqa: E402
-from makers.training import TrainingSettings, run_mace_training, split_subset  # noqa: E402
-from workflows.materials import get_structure  # noqa: E402
+from active_mlip.core.frames import Frame  # noqa: E402
+from active_mlip.makers.labelling import CHGNetLabeller  # noqa: E402
+from active_mlip.makers.sampling import compute_force_constants, harmonic_samples  # noqa: E402
+from active_mlip.makers.training import TrainingSettings, run_mace_training, split_subset  # noqa: E402
+from active_mlip.workflows.materials import get_structure  # noqa: E402
 
 TARGET_RATIO = 3.0
 #: Evaluations averaged for the scratch run's final level.

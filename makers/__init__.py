@@ -1,11 +1,19 @@
 """jobflow Makers, one module per stage of the active-learning loop.
 
-- :mod:`makers.labelling`: reference labels (CHGNet stand-in, any ASE calculator,
+- :mod:`active_mlip.makers.labelling`: reference labels (CHGNet stand-in, any ASE calculator,
   atomate2 DFT codes), one job per single point for real DFT.
-- :mod:`makers.training`: the MACE ensemble (n_sub disjoint subsets x n_seed seeds).
-- :mod:`makers.ensemble`: the ensemble as an ASE calculator, with uncertainties.
-- :mod:`makers.exploration`: MLIP-MD driven by the ensemble mean, scoring frames.
-- :mod:`makers.selection`: the paper's acceptance probabilities and sigma^A.
-- :mod:`makers.evaluation`: test-set errors and the reference statistics.
-- :mod:`makers.sampling`: initial data (harmonic stochastic sampling, aiMD import).
+- :mod:`active_mlip.makers.training`: the MACE ensemble (n_sub disjoint subsets x n_seed seeds).
+- :mod:`active_mlip.makers.ensemble`: the ensemble as an ASE calculator, with uncertainties.
+- :mod:`active_mlip.makers.exploration`: MLIP-MD driven by the ensemble mean, scoring frames.
+- :mod:`active_mlip.makers.selection`: the paper's acceptance probabilities and sigma^A.
+- :mod:`active_mlip.makers.evaluation`: test-set errors and the reference statistics.
+- :mod:`active_mlip.makers.sampling`: initial data (harmonic stochastic sampling, aiMD import).
 """
+
+# Imported as a bare top-level "makers" (from the repository root): refuse, or every
+# module would exist twice, under two names.
+if __name__ != "active_mlip.makers":
+    raise ImportError(
+        "import active_mlip.makers, not makers: the folder installs as part of active_mlip "
+        "(pip install -e .)"
+    )

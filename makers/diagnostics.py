@@ -34,12 +34,12 @@ import numpy as np
 from jobflow import Maker, job
 from pydantic import ConfigDict, Field
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from makers.evaluation import EvaluationDocument
-from makers.exploration import ExplorationDocument
-from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
-from makers.selection import anharmonicity_score, minimum_image_displacements
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.makers.evaluation import EvaluationDocument
+from active_mlip.makers.exploration import ExplorationDocument
+from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
+from active_mlip.makers.selection import anharmonicity_score, minimum_image_displacements
 
 logger = logging.getLogger(__name__)
 
@@ -390,7 +390,7 @@ class MLIPMinimaMaker(Maker):
         self, ensemble: EnsembleDocument, explorations: list[ExplorationDocument]
     ) -> MinimaDocument:
         """One relaxed frame per exploration (its ``last_frame``)."""
-        from makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import EnsembleCalculator
 
         calc = EnsembleCalculator.from_document(ensemble, device=self.device)
         frames = []

@@ -38,7 +38,7 @@ from ase.data import atomic_numbers as ATOMIC_NUMBERS
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from makers.schemas import EnsembleDocument
+from active_mlip.makers.schemas import EnsembleDocument
 
 #: Keys of the uncertainty dictionary (also the keys selection can monitor).
 UNCERTAINTY_KEYS = (
@@ -132,7 +132,7 @@ def load_models(ensemble: EnsembleDocument, device: str = "cpu") -> list[torch.n
 
     Raises
     ------
-    active_mlip.blobs.CorruptArtifactError
+    active_mlip.core.blobs.CorruptArtifactError
         If a model file's bytes do not match the hash recorded when it was trained.
     ValueError
         If the document holds no member.

@@ -3,7 +3,7 @@
 Every iteration the current ensemble is evaluated on the fixed test set (never trained on):
 MAE/RMSE of energies (meV/atom) and of force components (meV/Å), the MAE of σ^A when the
 supercell force constants are known, and the mean/std of the monitored uncertainty and of
-the ensemble-mean energy (:class:`~makers.selection.ReferenceStatistics`) that the
+the ensemble-mean energy (:class:`~active_mlip.makers.selection.ReferenceStatistics`) that the
 acceptance probabilities of the next exploration are measured against. The test set goes
 through the ensemble in batches (M forward passes per batch, not per frame).
 """
@@ -18,10 +18,10 @@ import numpy as np
 from jobflow import Maker, job
 from pydantic import Field
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from makers.schemas import DATA_FIELDS, EnsembleDocument
-from makers.selection import (
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument
+from active_mlip.makers.selection import (
     ReferenceStatistics,
     SelectionSettings,
     anharmonicity_score,
@@ -31,11 +31,11 @@ from makers.selection import (
 )
 
 if TYPE_CHECKING:
-    from makers.ensemble import EnsembleCalculator
+    from active_mlip.makers.ensemble import EnsembleCalculator
 
 
 class ForceConstantsLike(Protocol):
-    """What evaluation needs of a ``makers.sampling.ForceConstantsDocument``."""
+    """What evaluation needs of a ``active_mlip.makers.sampling.ForceConstantsDocument``."""
 
     reference: Frame
 
@@ -98,7 +98,7 @@ def evaluate_ensemble(
         Which uncertainty the reference statistics are for (default: force_max).
     force_constants
         Anything with ``.fc_array()`` ((3N, 3N), eV/Å²) and ``.reference`` (the ground-state
-        Frame R0), e.g. a ``makers.sampling.ForceConstantsDocument``; enables σ^A.
+        Frame R0), e.g. a ``active_mlip.makers.sampling.ForceConstantsDocument``; enables σ^A.
     batch_size
         Frames per batched evaluation.
 
@@ -224,16 +224,16 @@ class TestEvaluationMaker(Maker):
     ) -> EvaluationDocument:
         """Evaluate ``ensemble`` on ``test_frames`` (σ^A when ``force_constants`` is given).
 
-        ``force_constants`` is a ``makers.sampling.ForceConstantsDocument`` (or anything with
+        ``force_constants`` is a ``sampling.ForceConstantsDocument`` (or anything with
         ``fc_array()`` and ``reference``).
         """
-        from makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import EnsembleCalculator
 
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         test_frames = [Frame.model_validate(f) for f in test_frames]
         if isinstance(force_constants, dict):  # a serialised document
-            from makers.sampling import ForceConstantsDocument
+            from active_mlip.makers.sampling import ForceConstantsDocument
 
             force_constants = ForceConstantsDocument.model_validate(force_constants)
         _validate_test_frames(test_frames)  # before loading models

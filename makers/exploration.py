@@ -2,7 +2,7 @@
 
 Every ``loginterval`` steps the current frame is scored from what the ensemble calculator
 already computed for that step (member spread -> uncertainty U, mean energy E): no extra
-forward pass. The paper's acceptance probability P = P_U·P_E (:mod:`makers.selection`)
+forward pass. The paper's acceptance probability P = P_U·P_E (:mod:`active_mlip.makers.selection`)
 is compared with a seeded Bernoulli draw; the run stops once ``n_new`` frames were accepted
 ("probabilistic" mode) or after ``max_steps`` ("period" mode keeps the ``n_new`` accepted
 frames with the highest U).
@@ -37,11 +37,11 @@ from ase.data import covalent_radii
 from jobflow import JobConfig, Maker, job
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from active_mlip.hashing import content_hash
-from makers.schemas import DATA_FIELDS, EnsembleDocument
-from makers.selection import (
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.core.hashing import content_hash
+from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument
+from active_mlip.makers.selection import (
     ReferenceStatistics,
     SelectionSettings,
     acceptance_terms,
@@ -80,7 +80,7 @@ class ExplorationSettings(Document):
     ensemble: Literal["nvt", "npt"] = Field(
         "nvt",
         description="'nvt': Langevin (the paper). 'npt': the isothermal-isobaric ensemble by "
-        "ASE's isotropic MTK integrator with Nosé-Hoover chains (makers.npt; for thermal "
+        "ASE's isotropic MTK integrator with Nosé-Hoover chains (makers/npt.py; for thermal "
         "expansion); P_E then compares the enthalpy E + PV.",
     )
     timestep_fs: float = Field(2.0, gt=0, le=10, description="MD time step (fs), in (0, 10].")
@@ -106,7 +106,7 @@ class ExplorationSettings(Document):
         ge=0,
         description="> 0: after equilibration, the ensemble's own MD over this window (ps) "
         "sets Ū, σ_U, Ē, σ_E of P_U and P_E at this temperature (see "
-        "makers.selection.thermal_reference); its frames are scored once it closes. "
+        "active_mlip.makers.selection.thermal_reference); its frames are scored once it closes. "
         "0: the test set's statistics at this temperature are used.",
     )
     pressure_gpa: float = Field(0.0, description="Target pressure for 'npt' (GPa).")
@@ -347,7 +347,7 @@ def _make_dynamics(atoms: Atoms, temperature: float, s: ExplorationSettings, rng
         return Langevin(
             atoms, dt, temperature_K=temperature, friction=s.friction, fixcm=False, rng=rng
         )
-    from makers.npt import make_npt_dynamics
+    from active_mlip.makers.npt import make_npt_dynamics
 
     return make_npt_dynamics(
         atoms, temperature, s.timestep_fs, s.pressure_gpa, s.taut_fs, s.taup_fs, rng
@@ -539,7 +539,7 @@ class _Walker:
         """The energy P_E compares: E at fixed volume, the enthalpy E + PV in NPT."""
         energy = float(results["energy"])
         if self.settings.ensemble == "npt":
-            from makers.npt import enthalpy
+            from active_mlip.makers.npt import enthalpy
 
             return enthalpy(energy, self.atoms.get_volume(), self.settings.pressure_gpa)
         return energy
@@ -729,7 +729,7 @@ def run_exploration(
     Parameters
     ----------
     calc
-        An :class:`~makers.ensemble.EnsembleCalculator` (anything whose ``results`` carry
+        An :class:`~.ensemble.EnsembleCalculator` (anything whose ``results`` carry
         ``energy``, ``forces`` and an ``uncertainty`` dict, counting ``n_forward_passes``).
     start
         Start configuration; its ``info['velocities']`` are used when ``settings.reuse_velocities``
@@ -839,7 +839,7 @@ def run_exploration_walkers(
     Parameters
     ----------
     calc
-        An :class:`~makers.ensemble.EnsembleCalculator` (needs ``evaluate(atoms_list)``).
+        An :class:`~.ensemble.EnsembleCalculator` (needs ``evaluate(atoms_list)``).
     starts
         One start configuration per walker (any sizes and cells; see :func:`run_exploration`
         for the reuse of ``info['velocities']``).
@@ -1038,8 +1038,8 @@ class ExplorationMaker(Maker):
         ``by_temperature`` (an evaluation's per-temperature statistics) takes precedence
         over ``reference`` for this temperature.
         """
-        from active_mlip.stores import ResultCache
-        from makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import EnsembleCalculator
+        from active_mlip.stores.cache import ResultCache
 
         _check_job_input(ensemble, start, temperature, n_new, self.settings)
         reference = reference_at(reference, by_temperature, temperature)
@@ -1078,8 +1078,8 @@ class ExplorationMaker(Maker):
         it; they share one batched ensemble evaluation per MD step (see
         :func:`run_exploration_walkers`).
         """
-        from active_mlip.stores import ResultCache
-        from makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import EnsembleCalculator
+        from active_mlip.stores.cache import ResultCache
 
         lengths = {"starts": len(starts), "temperatures": len(temperatures), "seeds": len(seeds)}
         if len(set(lengths.values())) != 1:

@@ -17,10 +17,10 @@ Three backends share one interface (``identity``, ``supported_elements``,
     collects them and normalises units.
 
 :class:`LabelMaker` runs one of them on a batch and returns a
-:class:`~makers.schemas.LabelledBatch`. Every label is written to the
-:class:`~active_mlip.stores.ResultCache` the moment it exists, keyed by the structure
+:class:`~active_mlip.makers.schemas.LabelledBatch`. Every label is written to the
+:class:`~active_mlip.stores.cache.ResultCache` the moment it exists, keyed by the structure
 hash and the labeller's settings hash, so an interrupted or repeated run never
-recomputes it. A failed single point becomes a :class:`~makers.schemas.LabelFailure`;
+recomputes it. A failed single point becomes a :class:`~active_mlip.makers.schemas.LabelFailure`;
 it never fails the batch.
 
 Units everywhere: eV, eV/Å, eV/Å^3; stress in ASE's Voigt order and sign
@@ -45,11 +45,11 @@ from ase.units import GPa
 from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from active_mlip.hashing import content_hash
-from active_mlip.stores import ResultCache
-from makers.schemas import DATA_FIELDS, LabelFailure, LabelledBatch, LabellerIdentity
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.core.hashing import content_hash
+from active_mlip.makers.schemas import DATA_FIELDS, LabelFailure, LabelledBatch, LabellerIdentity
+from active_mlip.stores.cache import ResultCache
 
 #: Cache entries written by this stage carry this ``kind``.
 CACHE_KIND = "label"

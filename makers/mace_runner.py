@@ -184,4 +184,4 @@ def _child(args: list[str], workdir: str, log_path: str, threads: int, env: dict
         sys.stdout.flush(), sys.stderr.flush()
 
 
-_SCRIPT = "import sys; from makers.mace_runner import _main; _main(sys.argv[1:])"
+_SCRIPT = "import sys; from active_mlip.makers.mace_runner import _main; _main(sys.argv[1:])"

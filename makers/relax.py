@@ -32,11 +32,10 @@ from ase.units import GPa
 from jobflow import JobConfig, Maker, job
 from pydantic import ConfigDict, Field
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from active_mlip.hashing import content_hash
-from active_mlip.stores import ResultCache
-from makers.labelling import (
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.core.hashing import content_hash
+from active_mlip.makers.labelling import (
     CACHE_KIND,
     CHGNetLabeller,
     Labeller,
@@ -44,7 +43,8 @@ from makers.labelling import (
     labeller_from_dict,
     validate_frames,
 )
-from makers.schemas import DATA_FIELDS
+from active_mlip.makers.schemas import DATA_FIELDS
+from active_mlip.stores.cache import ResultCache
 
 logger = logging.getLogger(__name__)
 
@@ -252,8 +252,8 @@ class RelaxMaker(Maker):
     name
         Job name.
     labeller
-        :class:`~makers.labelling.CHGNetLabeller` (default) or
-        :class:`~makers.labelling.ASECalculatorLabeller`; DFT labellers are refused.
+        :class:`~active_mlip.makers.labelling.CHGNetLabeller` (default) or
+        :class:`~active_mlip.makers.labelling.ASECalculatorLabeller`; DFT labellers are refused.
     settings
         :class:`RelaxationSettings`.
     """

@@ -25,9 +25,9 @@ from ase.data import atomic_masses
 from jobflow import Flow, Maker, job
 from pydantic import Field
 
-from active_mlip.documents import Document
-from active_mlip.frames import Frame, read_images
-from makers.schemas import DATA_FIELDS, LabelledBatch
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame, read_images
+from active_mlip.makers.schemas import DATA_FIELDS, LabelledBatch
 
 logger = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class ForceConstantsMaker(Maker):
     name
         Flow name.
     labeller
-        Any labeller of :mod:`makers.labelling`; ``None`` means the CHGNet stand-in.
+        Any labeller of :mod:`active_mlip.makers.labelling`; ``None`` means the CHGNet stand-in.
     displacement
         Finite displacement (Å).
     symprec
@@ -312,7 +312,7 @@ class ForceConstantsMaker(Maker):
         labeller
             Overrides ``self.labeller`` when given.
         """
-        from makers.labelling import CHGNetLabeller, LabelMaker
+        from active_mlip.makers.labelling import CHGNetLabeller, LabelMaker
 
         labeller = labeller or self.labeller or CHGNetLabeller()
         label_maker = LabelMaker(labeller=labeller)

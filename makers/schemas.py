@@ -11,9 +11,9 @@ from typing import Any
 
 from pydantic import Field
 
-from active_mlip.blobs import Blob
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
+from active_mlip.core.blobs import Blob
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
 
 #: Output keys that jobs route to the ``data`` store.
 DATA_FIELDS = ["frames", "model_file", "log", "predictions", "force_constants", "samples"]

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from scipy.special import ndtr
 
-from active_mlip.documents import Document
+from active_mlip.core.documents import Document
 
 UncertaintyKind = Literal["energy", "force_mean", "force_max"]
 

@@ -4,10 +4,10 @@ The training pool is split into ``n_sub`` disjoint subsets (a partition, not a
 bootstrap); each subset keeps its own validation frames and is trained ``n_seed``
 times with different seeds. Every member is its own jobflow job, so a workflow
 manager (FireWorks) can run them side by side on GPU nodes; a gather job collects
-them into an :class:`~makers.schemas.EnsembleDocument`.
+them into an :class:`~active_mlip.makers.schemas.EnsembleDocument`.
 
 MACE runs in a process of its own (``mace.cli.run_train``, forked warm by
-:mod:`makers.mace_runner`) so that its global state (default dtype, logging handlers,
+:mod:`active_mlip.makers.mace_runner`) so that its global state (default dtype, logging handlers,
 thread settings) never leaks into the worker. Trained
 members are cached by content (training data, labels, hyperparameters, seed, E0s and
 the parent model), so an interrupted run resumes without retraining.
@@ -33,13 +33,13 @@ from ase.data import chemical_symbols
 from jobflow import Flow, JobConfig, Maker, job
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from active_mlip.blobs import Blob
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from active_mlip.hashing import content_hash
-from active_mlip.stores import ResultCache
-from makers import mace_runner
-from makers.schemas import DATA_FIELDS, EnsembleDocument, MemberDocument
+from active_mlip.core.blobs import Blob
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.core.hashing import content_hash
+from active_mlip.makers import mace_runner
+from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, MemberDocument
+from active_mlip.stores.cache import ResultCache
 
 logger = logging.getLogger(__name__)
 

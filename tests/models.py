@@ -3,12 +3,14 @@
 Every member here follows MACE's forward interface, ``model(data: dict, compute_stress=...,
 training=...) -> {"energy": (G,), "forces": (N, 3), "stress": (G, 3, 3) | None}``, and carries
 the ``atomic_numbers`` and ``r_max`` buffers and the ``heads`` list that
-:class:`makers.ensemble.EnsembleCalculator` reads, so any mix of them can form an ensemble.
+:class:`~active_mlip.makers.ensemble.EnsembleCalculator` reads,
+so any mix of them can form an ensemble.
 
 - :func:`make_mace_model`: a small randomly initialised ``ScaleShiftMACE`` (fast on CPU).
 - :func:`write_model`: save a member the way MACE does, so ``MACECalculator`` loads it.
-- :func:`make_ensemble_document`: an :class:`~makers.schemas.EnsembleDocument` holding the
-  members as verified :class:`~active_mlip.blobs.Blob` model files.
+- :func:`make_ensemble_document`: an
+  :class:`~active_mlip.makers.schemas.EnsembleDocument` holding the
+  members as verified :class:`~active_mlip.core.blobs.Blob` model files.
 - :class:`OffsetModel`: another member plus a constant energy (forces and stress unchanged).
 - :class:`PairModel`: a smooth pair potential; attractive settings collapse a crystal.
 """
@@ -23,9 +25,9 @@ import numpy as np
 import torch
 from ase.data import chemical_symbols
 
-from active_mlip.blobs import Blob
-from active_mlip.frames import Frame
-from makers.schemas import EnsembleDocument, MemberDocument
+from active_mlip.core.blobs import Blob
+from active_mlip.core.frames import Frame
+from active_mlip.makers.schemas import EnsembleDocument, MemberDocument
 
 
 def make_mace_model(

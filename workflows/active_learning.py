@@ -22,7 +22,7 @@ interruption resumes where it stopped and never labels a frame twice.
 Faults: failed single points are replaced by the next-best candidates (``top_up``); a
 labeller that fails every frame of an iteration stops the loop with that verdict; a
 diverging ensemble member is retried and, failing that, dropped (see
-:func:`makers.training.train_member`).
+:func:`active_mlip.makers.training.train_member`).
 """
 
 from __future__ import annotations
@@ -39,20 +39,38 @@ from pydantic import Field
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip import budget as label_budget
-from active_mlip.documents import Document
-from active_mlip.frames import Frame
-from active_mlip.stores import ResultCache
-from makers.diagnostics import MLIPMinimaMaker, ScreeningDocument, frames_to_check, judge
-from makers.evaluation import EvaluationDocument, TestEvaluationMaker
-from makers.exploration import ExplorationDocument, ExplorationMaker, ExplorationSettings
-from makers.labelling import LabelMaker, label_in_process, labeller_from_dict, validate_frames
-from makers.relax import RelaxMaker, check_can_relax
-from makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker, import_trajectory
-from makers.schemas import DATA_FIELDS, EnsembleDocument, LabelFailure, LabelledBatch
-from makers.training import EnsembleTrainingMaker, TrainingSettings, assign_subsets
-from workflows.routing import route, tag
-from workflows.settings import ActiveLearningSettings
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame
+from active_mlip.makers.diagnostics import (
+    MLIPMinimaMaker,
+    ScreeningDocument,
+    frames_to_check,
+    judge,
+)
+from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker
+from active_mlip.makers.exploration import (
+    ExplorationDocument,
+    ExplorationMaker,
+    ExplorationSettings,
+)
+from active_mlip.makers.labelling import (
+    LabelMaker,
+    label_in_process,
+    labeller_from_dict,
+    validate_frames,
+)
+from active_mlip.makers.relax import RelaxMaker, check_can_relax
+from active_mlip.makers.sampling import (
+    ForceConstantsMaker,
+    HarmonicSamplingMaker,
+    import_trajectory,
+)
+from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, LabelFailure, LabelledBatch
+from active_mlip.makers.training import EnsembleTrainingMaker, TrainingSettings, assign_subsets
+from active_mlip.stores import budget as label_budget
+from active_mlip.stores.cache import ResultCache
+from active_mlip.workflows.routing import route, tag
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +233,7 @@ def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
 
     Cached per element and labeller settings, so a resumed run does not repeat them.
     """
-    from active_mlip.hashing import content_hash
+    from active_mlip.core.hashing import content_hash
 
     labeller = labeller_from_dict(labeller)
     cache = ResultCache.from_current_job()
@@ -360,7 +378,7 @@ def collect_candidates(
     """Pool the accepted frames of all temperatures: unique, highest uncertainty first.
 
     The best ``min(n_new, budget)`` are to be labelled, fewer when the campaign's
-    ``shared`` budget (a :class:`~active_mlip.budget.LabelBudget`) grants fewer; the
+    ``shared`` budget (a :class:`~active_mlip.stores.budget.LabelBudget`) grants fewer; the
     rest (as far as the label budget reaches) are kept as a reserve that replaces frames
     whose labelling fails.
     """
@@ -584,7 +602,7 @@ def _calibration(ensemble: EnsembleDocument, frames: list[Frame]) -> list[dict[s
     """Predicted uncertainty of each new frame against the ensemble's true force error."""
     if not frames:
         return []
-    from makers.ensemble import EnsembleCalculator
+    from active_mlip.makers.ensemble import EnsembleCalculator
 
     calc = EnsembleCalculator.from_document(ensemble, device="cpu")
     results = calc.evaluate([f.to_atoms() for f in frames])
@@ -742,7 +760,7 @@ def _screening_flow(
     state_ref = links.output["state"]
     n_scored = max(1, scr.md_steps // settings.exploration.loginterval)
     # The screening MD is judged by its own diagnostics along the whole trajectory
-    # (makers.diagnostics), from its first step: no equilibration or thermal window.
+    # (active_mlip.makers.diagnostics), from its first step: no equilibration or thermal window.
     md_settings = ExplorationSettings.model_validate(
         {
             **settings.exploration.model_dump(),
@@ -1231,7 +1249,7 @@ class ActiveLearningMaker(Maker):
     name
         Flow name.
     settings
-        All settings of the run (:class:`workflows.settings.ActiveLearningSettings`).
+        All settings of the run (:class:`active_mlip.workflows.settings.ActiveLearningSettings`).
     """
 
     name: str = "active learning"
@@ -1243,7 +1261,7 @@ class ActiveLearningMaker(Maker):
         Bad input (empty, non-periodic or overlapping structures, elements the labeller
         cannot handle) raises ``ValueError`` here, before any job runs.
         """
-        from workflows.materials import default_supercell, validate_structure
+        from active_mlip.workflows.materials import default_supercell, validate_structure
 
         settings = self.settings
         loop = settings.loop

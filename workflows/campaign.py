@@ -38,10 +38,10 @@ from pydantic import (
     model_validator,
 )
 
-from active_mlip.documents import Document
-from workflows.materials import material_names
-from workflows.routing import RoutingTable
-from workflows.settings import PRESETS, ActiveLearningSettings
+from active_mlip.core.documents import Document
+from active_mlip.workflows.materials import material_names
+from active_mlip.workflows.routing import RoutingTable
+from active_mlip.workflows.settings import PRESETS, ActiveLearningSettings
 
 
 class CampaignError(ValueError):
@@ -101,7 +101,7 @@ class Campaign(Document):
     def _material_set(cls, v: Any) -> Any:
         """A built-in campaign name stands for its whole material set."""
         if isinstance(v, str):
-            from workflows.screening import builtin_campaigns
+            from active_mlip.workflows.screening import builtin_campaigns
 
             sets = builtin_campaigns()
             if v not in sets:

@@ -91,7 +91,8 @@ def get_structure(name_or_path: str | Path) -> Structure:
     msg += f"; did you mean {', '.join(hint)}?" if hint else ""
     msg += (
         f" Built-in: {', '.join(sorted(BUILTIN))} and the {len(screening)} screening-set "
-        "materials (workflows.materials.load_screening_set()); or give a CIF/POSCAR/extxyz path."
+        "materials (active_mlip.workflows.materials.load_screening_set()); or give a "
+        "CIF/POSCAR/extxyz path."
     )
     raise ValueError(msg)
 
@@ -106,7 +107,7 @@ def default_supercell(name: str) -> tuple[int, int, int]:
 
 def read_structure(path: str | Path) -> Structure:
     """Read one periodic structure from CIF, POSCAR or anything ASE reads."""
-    from active_mlip.blobs import verify_listed
+    from active_mlip.core.blobs import verify_listed
 
     path = Path(path)
     if path.is_dir():
@@ -279,7 +280,7 @@ def load_screening_set(path: str | Path | None = None) -> list[ScreeningEntry]:
         formula and space group (naming both).
     """
     if path is None:
-        resource = resources.files("workflows.data").joinpath(SCREENING_FILE)
+        resource = resources.files("active_mlip.workflows.data").joinpath(SCREENING_FILE)
         label, text = f"packaged {SCREENING_FILE}", resource.read_text(encoding="utf-8")
     else:
         label = str(path)

@@ -14,7 +14,7 @@ from typing import Literal
 from jobflow import Flow, Job
 from pydantic import ConfigDict, Field
 
-from active_mlip.documents import Document
+from active_mlip.core.documents import Document
 
 Kind = Literal["labelling", "training", "exploration", "evaluation", "glue", "controller"]
 KINDS: tuple[str, ...] = (

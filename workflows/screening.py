@@ -1,28 +1,23 @@
 """The screening campaign: many materials, one verdict each, active learning where needed.
 
 A campaign here is the paper's screening: every material gets initial data and a first
-ensemble, short MLIP-MD checked against the reference (:mod:`makers.diagnostics`), and
+ensemble, short MLIP-MD checked against the reference (:mod:`active_mlip.makers.diagnostics`), and
 a verdict; flagged materials continue with the active-learning loop. ``screening-112``
-is the built-in campaign over :func:`workflows.materials.load_screening_set`; a
-campaign YAML (:mod:`workflows.campaign`) names any other set.
+is the built-in campaign over :func:`active_mlip.workflows.materials.load_screening_set`; a
+campaign YAML (:mod:`active_mlip.workflows.campaign`) names any other set.
 
-:func:`run_campaign_local` runs the materials one after another in one work directory
-(one job store, so they share a label-budget ledger), each resumable as a single
-``active-mlip run`` is, and writes the campaign report (:mod:`workflows.campaign_report`).
+:func:`active_mlip.app.local_campaign.run_campaign_local` runs a campaign's materials
+one after another on this machine.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import logging
-import time
-import traceback
-from pathlib import Path
 from typing import Any
 
-from active_mlip.budget import LabelBudget
-from workflows.settings import ActiveLearningSettings
+from active_mlip.stores.budget import LabelBudget
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +27,7 @@ CAMPAIGN_FILE = "campaign.json"
 
 def builtin_campaigns() -> dict[str, list[str]]:
     """Campaign name -> its material names, for the campaigns shipped with the package."""
-    from workflows.materials import load_screening_set
+    from active_mlip.workflows.materials import load_screening_set
 
     return {SCREENING_112: [e.name for e in load_screening_set()]}
 
@@ -90,106 +85,3 @@ def screening_settings(
             name=campaign, total=label_budget
         ).model_dump()
     return ActiveLearningSettings.from_preset(preset, **sections)
-
-
-def run_campaign_local(
-    campaign: str,
-    materials: list[str],
-    settings: ActiveLearningSettings,
-    workdir: str | Path,
-    sources: dict[str, str] | None = None,
-    restart: bool = False,
-) -> dict[str, Any]:
-    """Run (or resume) a campaign's materials one after another in ``workdir``.
-
-    Each material gets ``workdir/<material>/`` (as ``active-mlip run`` writes it); all
-    share ``workdir/store``. A material that fails is recorded with its error and the
-    campaign goes on. Writes ``workdir/campaign.json`` and ``workdir/report/``.
-
-    Parameters
-    ----------
-    campaign
-        Campaign name (also the shared budget's ledger name).
-    materials
-        Material names, run in this order.
-    settings
-        Settings every material uses.
-    workdir
-        Campaign work directory.
-    sources
-        Material name -> structure file, for materials that are not built-in.
-    restart
-        Delete the campaign directory first.
-    """
-    import shutil
-
-    from workflows.campaign_report import outcome_from_error, outcome_from_summary, write_report
-    from workflows.local import RunConflictError, run_local
-
-    workdir = Path(workdir).resolve()
-    if restart and workdir.exists():
-        shutil.rmtree(workdir)
-    _check_campaign_dir(workdir, campaign, settings)
-    workdir.mkdir(parents=True, exist_ok=True)
-    record = {
-        "campaign": campaign,
-        "fingerprint": settings.fingerprint(),
-        "preset": settings.preset,
-        "materials": list(materials),
-        "label_budget": (
-            settings.loop.shared_budget.total if settings.loop.shared_budget else None
-        ),
-    }
-    (workdir / CAMPAIGN_FILE).write_text(json.dumps(record, indent=2))
-    outcomes = []
-    t0 = time.time()
-    for k, name in enumerate(materials, 1):
-        logger.info("campaign %s: material %d/%d: %s", campaign, k, len(materials), name)
-        try:
-            summary = run_local(
-                (sources or {}).get(name, name),
-                workdir / name,
-                settings,
-                store_path=workdir / "store",
-            )
-            outcomes.append(outcome_from_summary(summary))
-        except RunConflictError:
-            raise  # settings changed under a resumed campaign: the user must decide
-        except Exception as exc:  # one failed material must not stop the campaign
-            logger.warning("campaign %s: %s failed: %s", campaign, name, exc)
-            outcomes.append(outcome_from_error(name, exc, traceback.format_exc(limit=3)))
-    record["wall_seconds"] = time.time() - t0
-    record["outcomes"] = [o.model_dump() for o in outcomes]
-    if settings.loop.shared_budget is not None:
-        from active_mlip.budget import used
-        from active_mlip.stores import StoreSettings, make_job_store
-
-        store = make_job_store(StoreSettings(local_path=workdir / "store"))
-        store.connect()
-        record["label_budget_used"] = used(store, settings.loop.shared_budget)
-    (workdir / CAMPAIGN_FILE).write_text(json.dumps(record, indent=2))
-    write_report(outcomes, workdir / "report", campaign=campaign, budget=record)
-    return record
-
-
-def _check_campaign_dir(workdir: Path, campaign: str, settings: ActiveLearningSettings) -> None:
-    from workflows.local import RunConflictError
-
-    path = workdir / CAMPAIGN_FILE
-    if not path.exists():
-        if workdir.exists() and any(workdir.iterdir()):
-            raise RunConflictError(
-                f"work directory {str(workdir)!r} is not empty and holds no {CAMPAIGN_FILE}; "
-                "choose an empty or new directory"
-            )
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunConflictError(f"{path} is unreadable ({exc}); pass --restart") from exc
-    if old.get("campaign") != campaign or old.get("fingerprint") != settings.fingerprint():
-        raise RunConflictError(
-            f"work directory {str(workdir)!r} holds campaign {old.get('campaign')!r} with other "
-            "settings; nothing was changed. Use another --workdir, or pass --restart to delete "
-            "it and start over (adding materials to the same campaign is fine)."
-        )

@@ -22,16 +22,16 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from active_mlip.budget import LabelBudget
-from active_mlip.documents import Document
-from active_mlip.hashing import content_hash
-from makers.diagnostics import DiagnosticsSettings
-from makers.exploration import ExplorationSettings
-from makers.labelling import CHGNetLabeller, Labeller
-from makers.relax import RelaxationSettings
-from makers.selection import SelectionSettings
-from makers.training import TrainingSettings
-from workflows.routing import RoutingTable
+from active_mlip.core.documents import Document
+from active_mlip.core.hashing import content_hash
+from active_mlip.makers.diagnostics import DiagnosticsSettings
+from active_mlip.makers.exploration import ExplorationSettings
+from active_mlip.makers.labelling import CHGNetLabeller, Labeller
+from active_mlip.makers.relax import RelaxationSettings
+from active_mlip.makers.selection import SelectionSettings
+from active_mlip.makers.training import TrainingSettings
+from active_mlip.stores.budget import LabelBudget
+from active_mlip.workflows.routing import RoutingTable
 
 PresetName = Literal["tiny", "quick", "paper"]
 

@@ -19,12 +19,13 @@ from ase.io import write
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from active_mlip.blobs import CorruptArtifactError, write_manifest
-from active_mlip.cli import app
-from active_mlip.stores import MONGO_URI_ENV, STORE_FILE_ENV
-from workflows.campaign import CampaignError, load_campaign
-from workflows.local import run_local
-from workflows.settings import ActiveLearningSettings
+from active_mlip.app.cli import app
+from active_mlip.app.local import run_local
+from active_mlip.core.blobs import CorruptArtifactError, write_manifest
+from active_mlip.stores.job_store import STORE_FILE_ENV
+from active_mlip.stores.mongo import MONGO_URI_ENV
+from active_mlip.workflows.campaign import CampaignError, load_campaign
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 LATTICE = 'Lattice="5 0 0 0 5 0 0 0 5" Properties=species:S:1:pos:R:3 pbc="T T T"'
 STRUCTURES = {

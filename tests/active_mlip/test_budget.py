@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from active_mlip.budget import LabelBudget, draw, used
-from active_mlip.stores import StoreSettings, make_job_store
+from active_mlip.stores.budget import LabelBudget, draw, used
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 
 
 @pytest.fixture

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
+from active_mlip.app.cli import app
 
 
 @pytest.fixture
 def captured(monkeypatch):
     """Replace the runners by recorders: the settings they would have been given."""
-    import workflows.local
-    import workflows.screening
+    import active_mlip.app.local
+    import active_mlip.app.local_campaign
 
     seen: dict = {}
 
@@ -33,8 +33,8 @@ def captured(monkeypatch):
         seen["settings"] = settings
         return {"outcomes": []}
 
-    monkeypatch.setattr(workflows.local, "run_local", fake_run_local)
-    monkeypatch.setattr(workflows.screening, "run_campaign_local", fake_campaign)
+    monkeypatch.setattr(active_mlip.app.local, "run_local", fake_run_local)
+    monkeypatch.setattr(active_mlip.app.local_campaign, "run_campaign_local", fake_campaign)
     return seen
 
 

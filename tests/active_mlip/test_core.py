@@ -12,18 +12,13 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from jobflow import Flow, job, run_locally
 
-from active_mlip.blobs import Blob, CorruptArtifactError
-from active_mlip.documents import Document
-from active_mlip.frames import Frame, read_frames, write_extxyz
-from active_mlip.hashing import content_hash, structure_hash
-from active_mlip.stores import (
-    MONGO_URI_ENV,
-    STORE_FILE_ENV,
-    InsecureConfigError,
-    ResultCache,
-    StoreSettings,
-    make_job_store,
-)
+from active_mlip.core.blobs import Blob, CorruptArtifactError
+from active_mlip.core.documents import Document
+from active_mlip.core.frames import Frame, read_frames, write_extxyz
+from active_mlip.core.hashing import content_hash, structure_hash
+from active_mlip.stores.cache import ResultCache
+from active_mlip.stores.job_store import STORE_FILE_ENV, StoreSettings, make_job_store
+from active_mlip.stores.mongo import MONGO_URI_ENV, InsecureConfigError
 
 
 def labelled_cu() -> Frame:
@@ -121,7 +116,7 @@ def _adds_a_job(x: float) -> Any:
 def test_get_output_skips_the_walk_only_without_references(tmp_path, monkeypatch):
     import jobflow.core.reference as reference
 
-    from active_mlip.stores import may_hold_reference
+    from active_mlip.stores.job_store import may_hold_reference
 
     store = make_job_store(StoreSettings(local_path=tmp_path))
     plain, dynamic = _make_frames(2), _adds_a_job(2.0)

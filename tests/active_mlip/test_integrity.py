@@ -16,7 +16,7 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from jobflow import job, run_locally
 
-from active_mlip.blobs import (
+from active_mlip.core.blobs import (
     MANIFEST,
     Blob,
     CorruptArtifactError,
@@ -25,10 +25,10 @@ from active_mlip.blobs import (
     verify_manifest,
     write_manifest,
 )
-from active_mlip.frames import Frame, read_frames, write_extxyz
-from active_mlip.hashing import file_hash, frame_content_hash
-from active_mlip.stores import StoreSettings, make_job_store
-from makers.schemas import DATA_FIELDS, LabelledBatch, LabellerIdentity
+from active_mlip.core.frames import Frame, read_frames, write_extxyz
+from active_mlip.core.hashing import file_hash, frame_content_hash
+from active_mlip.makers.schemas import DATA_FIELDS, LabelledBatch, LabellerIdentity
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 
 
 def cu_frame(seed: int = 3, **info) -> Frame:
@@ -118,8 +118,8 @@ def test_documents_check_every_frame_they_hold():
 
 
 def test_loop_and_exploration_documents_are_covered():
-    from makers.exploration import ExplorationDocument
-    from workflows.active_learning import Candidates
+    from active_mlip.makers.exploration import ExplorationDocument
+    from active_mlip.workflows.active_learning import Candidates
 
     f = cu_frame()
     cand = Candidates(frames=[f], reserve=[f.unlabelled()])
@@ -156,7 +156,7 @@ def test_corrupted_frame_in_the_data_store_is_detected_on_load(tmp_path):
     j = _labelled_batch(3)
     run_locally(j, store=store, ensure_success=True, log=False)
     store.connect()
-    # jobflow hands back the dict; readers validate it (workflows.local._as_model)
+    # jobflow hands back the dict; readers validate it (active_mlip.app.local._as_model)
     good = LabelledBatch.model_validate(store.get_output(j.uuid, load=True))
     assert good == batch(3)
 
@@ -233,8 +233,13 @@ class _Store:
 
 
 def _loop_result():
-    from makers.schemas import EnsembleDocument, MemberDocument
-    from workflows.active_learning import FrameSet, IterationRecord, LoopResult, LoopState
+    from active_mlip.makers.schemas import EnsembleDocument, MemberDocument
+    from active_mlip.workflows.active_learning import (
+        FrameSet,
+        IterationRecord,
+        LoopResult,
+        LoopState,
+    )
 
     train = [cu_frame(s, iteration=0, subset=s % 2) for s in range(4)]
     test = [cu_frame(10 + s) for s in range(2)]
@@ -279,11 +284,11 @@ def _loop_result():
 
 
 def test_export_run_writes_a_manifest_that_catches_a_flipped_byte(tmp_path, monkeypatch):
-    import workflows.report
-    from workflows.local import export_run
-    from workflows.settings import ActiveLearningSettings
+    import active_mlip.app.report
+    from active_mlip.app.local import export_run
+    from active_mlip.workflows.settings import ActiveLearningSettings
 
-    monkeypatch.setattr(workflows.report, "write_report", lambda *a, **k: None)
+    monkeypatch.setattr(active_mlip.app.report, "write_report", lambda *a, **k: None)
     result, store = _loop_result()
     settings = ActiveLearningSettings.from_preset("tiny")
     counts = {"labels_computed": 0, "labels_reused": 0, "members_trained": 0}
@@ -320,7 +325,7 @@ def test_export_run_writes_a_manifest_that_catches_a_flipped_byte(tmp_path, monk
 def test_corrupted_export_fed_to_run_is_refused_before_work(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from active_mlip.cli import app
+    from active_mlip.app.cli import app
 
     write_extxyz([cu_frame()], tmp_path / "dataset.extxyz")
     write_manifest(tmp_path, [tmp_path / "dataset.extxyz"])

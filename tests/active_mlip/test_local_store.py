@@ -7,7 +7,7 @@ import random
 import pytest
 from maggma.stores import MontyStore
 
-from active_mlip.local_store import IndexedMontyStore
+from active_mlip.stores.local_store import IndexedMontyStore
 
 
 def _stores(tmp_path, key="uuid"):

@@ -7,9 +7,9 @@ import pytest
 from maggma.stores import MontyStore
 from monty.json import MontyDecoder
 
-from active_mlip.blobs import CorruptArtifactError
-from active_mlip.payload_store import PayloadFileStore
-from active_mlip.stores import StoreSettings, make_job_store
+from active_mlip.core.blobs import CorruptArtifactError
+from active_mlip.stores.job_store import StoreSettings, make_job_store
+from active_mlip.stores.payload_store import PayloadFileStore
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.frames import Frame
-from makers.ensemble import EnsembleCalculator
+from active_mlip.core.frames import Frame
+from active_mlip.makers.ensemble import EnsembleCalculator
+from active_mlip.workflows.materials import get_structure
 from tests.models import PairModel, make_ensemble_document
-from workflows.materials import get_structure
 
 
 @pytest.fixture(scope="module")

@@ -192,7 +192,9 @@ def test_fireworks_overhead_runs_a_chain(jongodb, monkeypatch):
 
 @pytest.mark.timeout(120)
 def test_status_reads_the_filled_launchpad(jongodb, tmp_path, monkeypatch):
-    from active_mlip.fw import campaign_status, client_job_store, load_launchpad
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.app.status import campaign_status
+    from active_mlip.stores.worker_store import client_job_store
     from benchmarks.campaign_scale import fill_and_complete, write_campaign
     from benchmarks.orchestration_overhead import use_databases
 
@@ -218,7 +220,7 @@ def test_find_ids_reads_a_range_or_a_list(jongodb):
     """campaign_status's firework read: one range when the ids are dense, else ``$in``."""
     from pymongo import MongoClient
 
-    from active_mlip.fw import _find_ids
+    from active_mlip.app.status import _find_ids
 
     coll = MongoClient(jongodb).find_ids_test.fireworks
     coll.insert_many(

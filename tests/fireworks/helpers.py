@@ -21,9 +21,9 @@ from typing import Any
 
 from jobflow import Flow, JobConfig, Response, job
 
-from active_mlip.hashing import content_hash
-from active_mlip.stores import ResultCache
-from workflows.routing import RoutingTable, route, tag
+from active_mlip.core.hashing import content_hash
+from active_mlip.stores.cache import ResultCache
+from active_mlip.workflows.routing import RoutingTable, route, tag
 
 REPO = Path(__file__).resolve().parents[2]
 

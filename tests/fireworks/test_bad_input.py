@@ -5,14 +5,10 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
-from active_mlip.fw import (
-    DatabaseUnreachableError,
-    InsecureConfigError,
-    check_launchpad_file,
-    check_routing,
-    load_launchpad,
-)
+from active_mlip.app.cli import app
+from active_mlip.app.launchpad import check_launchpad_file, load_launchpad
+from active_mlip.app.submit import check_routing
+from active_mlip.stores.mongo import DatabaseUnreachableError, InsecureConfigError
 from tests.fireworks.helpers import free_port, write_worker
 
 
@@ -69,7 +65,8 @@ def test_routing_to_a_category_no_worker_pulls_warns(tmp_path):
 
 def test_a_material_that_cannot_be_built_leaves_nothing_submitted(db_env, tmp_path):
     """Every workflow is built before the first is added: no half-submitted campaign."""
-    from active_mlip.fw import load_launchpad, submit_flows
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.app.submit import submit_flows
     from tests.fireworks.helpers import toy_flow
 
     def broken():

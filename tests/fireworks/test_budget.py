@@ -9,8 +9,8 @@ from tests.fireworks.helpers import worker_env
 
 DRAWER = """
 import json, sys, time
-from active_mlip.budget import LabelBudget, draw
-from active_mlip.stores import StoreSettings, make_job_store
+from active_mlip.stores.budget import LabelBudget, draw
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 store = make_job_store(StoreSettings(mongo_uri=sys.argv[1], database=sys.argv[2]))
 store.connect()
 budget = LabelBudget(name="race", total=100)
@@ -24,8 +24,8 @@ def test_four_processes_never_overdraw_the_pool(mongo_server, db_env):
     import json
     import time
 
-    from active_mlip.budget import LabelBudget, used
-    from active_mlip.stores import StoreSettings, make_job_store
+    from active_mlip.stores.budget import LabelBudget, used
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
 
     db = db_env["ACTIVE_MLIP_MONGO_DB"]
     start = f"{time.time() + 8:.3f}"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.campaign import CampaignError, load_campaign
+from active_mlip.workflows.campaign import CampaignError, load_campaign
 
 
 def _write(tmp_path, text: str):
@@ -67,7 +67,7 @@ def test_errors_name_the_line(tmp_path, text, line, words):
 
 
 def test_structure_paths_are_relative_to_the_campaign_file(tmp_path):
-    from workflows.materials import get_structure
+    from active_mlip.workflows.materials import get_structure
 
     (tmp_path / "s").mkdir()
     get_structure("CuI").to(filename=str(tmp_path / "s" / "CuI2.cif"))

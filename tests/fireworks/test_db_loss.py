@@ -16,8 +16,9 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
-from active_mlip.fw import load_launchpad, submit_flows
+from active_mlip.app.cli import app
+from active_mlip.app.launchpad import load_launchpad
+from active_mlip.app.submit import submit_flows
 from tests.fireworks.helpers import (
     start_worker,
     stop,

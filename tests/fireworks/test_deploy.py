@@ -40,7 +40,7 @@ def test_launchers_parse_and_route(tmp_path):
 
     launchers = REPO / "launchers"
     cats = {yaml.safe_load(p.read_text())["category"] for p in launchers.glob("fworker_*.yaml")}
-    from workflows.routing import RoutingTable
+    from active_mlip.workflows.routing import RoutingTable
 
     assert RoutingTable().categories() <= cats
     gpu = load_object_from_file(str(launchers / "qadapter_gpu.yaml"))
@@ -52,7 +52,8 @@ def test_launchers_parse_and_route(tmp_path):
 
 
 def test_webgui_wsgi_requires_auth(db_env, monkeypatch):
-    from active_mlip.fw import load_launchpad, submit_flows
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.app.submit import submit_flows
     from tests.fireworks.helpers import toy_flow
 
     submit_flows(load_launchpad(), "wsgi", {"CuI": (toy_flow("CuI", "/dev/null"), "fp")})

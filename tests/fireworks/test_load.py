@@ -25,7 +25,8 @@ from collections import Counter
 
 import pytest
 
-from active_mlip.fw import load_launchpad, submit_flows
+from active_mlip.app.launchpad import load_launchpad
+from active_mlip.app.submit import submit_flows
 from tests.fireworks.helpers import (
     start_worker,
     stop,

@@ -9,14 +9,11 @@ from __future__ import annotations
 import pytest
 from jobflow import Flow, job
 
-from active_mlip.fw import (
-    campaign_status,
-    client_job_store,
-    ensure_output_indexes,
-    load_launchpad,
-    submit_flows,
-)
-from workflows.routing import tag
+from active_mlip.app.launchpad import load_launchpad
+from active_mlip.app.status import campaign_status, ensure_output_indexes
+from active_mlip.app.submit import submit_flows
+from active_mlip.stores.worker_store import client_job_store
+from active_mlip.workflows.routing import tag
 
 
 @job

@@ -17,8 +17,9 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
-from active_mlip.fw import client_job_store, load_launchpad
+from active_mlip.app.cli import app
+from active_mlip.app.launchpad import load_launchpad
+from active_mlip.stores.worker_store import client_job_store
 from tests.fireworks.helpers import start_worker, stop, wait_for, workflow_done, write_worker
 
 # Generous limits: on 2 shared cores under load the force constants and CHGNet start-up
@@ -38,6 +39,10 @@ settings:
 def _state(lp, name: str) -> str | None:
     fw = lp.fireworks.find_one({"name": name}, {"state": 1})
     return fw and fw["state"]
+
+
+def _locked(lp) -> bool:
+    return lp.workflows.find_one({"locked": True}, {"_id": 1}) is not None
 
 
 def _label_kind(cache) -> str:
@@ -81,8 +86,11 @@ def tiny_campaign(tmp_path_factory, mongo_server):
         gpu_proc = start_worker(gpu, tmp / "gpu", tmp / "gpu.log")
         procs = [cpu_proc, gpu_proc]
         try:
+            # Kill mid-labelling, but not while the worker holds FireWorks' workflow lock
+            # (taken for the moment the state is written): a lock left by a dead worker
+            # blocks every rerun for WFLOCK_EXPIRATION_SECS (5 min), a FireWorks matter.
             wait_for(
-                lambda: _state(lp, "CuI initial labels") == "RUNNING",
+                lambda: _state(lp, "CuI initial labels") == "RUNNING" and not _locked(lp),
                 600,
                 "initial labels",
                 poll=0.1,
@@ -161,8 +169,8 @@ def test_status_reports_the_finished_campaign(tiny_campaign):
 
 
 def test_screening_verdict_report_and_budget(tiny_campaign, tmp_path):
-    from active_mlip.budget import LabelBudget, used
-    from workflows.campaign_report import outcomes_from_store
+    from active_mlip.app.campaign_report import outcomes_from_store
+    from active_mlip.stores.budget import LabelBudget, used
 
     lp, store, _ = tiny_campaign
     (outcome,) = outcomes_from_store(store, "tiny-fw")

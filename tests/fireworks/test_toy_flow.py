@@ -16,14 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
-from active_mlip.fw import (
-    campaign_status,
-    client_job_store,
-    load_launchpad,
-    restart_campaign,
-    submit_flows,
-)
+from active_mlip.app.cli import app
+from active_mlip.app.launchpad import load_launchpad
+from active_mlip.app.status import campaign_status, restart_campaign
+from active_mlip.app.submit import submit_flows
+from active_mlip.stores.worker_store import client_job_store
 from tests.fireworks.helpers import (
     active_mlip_exe,
     free_port,

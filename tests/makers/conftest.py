@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.frames import Frame
+from active_mlip.core.frames import Frame
+from active_mlip.workflows.materials import get_structure
 from tests.models import make_mace_model
-from workflows.materials import get_structure
 
 
 @pytest.fixture(autouse=True, scope="module")

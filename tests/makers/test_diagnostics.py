@@ -10,8 +10,8 @@ from ase.build import bulk
 from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 
-from active_mlip.frames import Frame
-from makers.diagnostics import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.diagnostics import (
     DiagnosticsSettings,
     FrameCheck,
     check_frame,
@@ -19,10 +19,10 @@ from makers.diagnostics import (
     screening_verdict,
     spike_threshold,
 )
-from makers.ensemble import EnsembleCalculator
-from makers.evaluation import EvaluationDocument
-from makers.exploration import ExplorationSettings, run_exploration
-from makers.selection import ReferenceStatistics
+from active_mlip.makers.ensemble import EnsembleCalculator
+from active_mlip.makers.evaluation import EvaluationDocument
+from active_mlip.makers.exploration import ExplorationSettings, run_exploration
+from active_mlip.makers.selection import ReferenceStatistics
 from tests.models import PairModel
 
 ZS = [29, 53]

@@ -9,14 +9,15 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.blobs import CorruptArtifactError
-from active_mlip.frames import Frame
-from makers.ensemble import (
+from active_mlip.core.blobs import CorruptArtifactError
+from active_mlip.core.frames import Frame
+from active_mlip.makers.ensemble import (
     UNCERTAINTY_KEYS,
     EnsembleCalculator,
     ensemble_uncertainty,
     force_spread,
 )
+from active_mlip.workflows.materials import get_structure
 from tests.models import (
     OffsetModel,
     PairModel,
@@ -24,7 +25,6 @@ from tests.models import (
     make_mace_model,
     write_model,
 )
-from workflows.materials import get_structure
 
 
 @pytest.fixture(scope="module")

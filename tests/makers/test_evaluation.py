@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.frames import Frame
-from makers.ensemble import EnsembleCalculator
-from makers.evaluation import EvaluationDocument, TestEvaluationMaker, evaluate_ensemble
-from makers.selection import SelectionSettings, anharmonicity_score, minimum_image_displacements
+from active_mlip.core.frames import Frame
+from active_mlip.makers.ensemble import EnsembleCalculator
+from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker, evaluate_ensemble
+from active_mlip.makers.selection import (
+    SelectionSettings,
+    anharmonicity_score,
+    minimum_image_displacements,
+)
+from active_mlip.workflows.materials import get_structure
 from tests.models import OffsetModel, PairModel, make_ensemble_document
-from workflows.materials import get_structure
 
 ZS = [29, 53]
 

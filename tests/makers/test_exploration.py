@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from active_mlip.frames import Frame
-from makers.ensemble import EnsembleCalculator
-from makers.exploration import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.ensemble import EnsembleCalculator
+from active_mlip.makers.exploration import (
     LOG_KEYS,
     ExplorationMaker,
     ExplorationSettings,
@@ -15,7 +15,7 @@ from makers.exploration import (
     _sanity,
     run_exploration,
 )
-from makers.selection import ReferenceStatistics, SelectionSettings
+from active_mlip.makers.selection import ReferenceStatistics, SelectionSettings
 from tests.models import PairModel, make_ensemble_document
 
 ZS = (29, 53)
@@ -280,7 +280,7 @@ def test_start_velocities_are_reused_at_the_same_temperature(cui):
 def test_exploration_maker_caches_result(tmp_path, cui):
     from jobflow import Flow, run_locally
 
-    from active_mlip.stores import StoreSettings, make_job_store
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
 
     members = [PairModel(1.0, 2.62, r_max=3.5), PairModel(1.3, 2.64, r_max=3.5)]
     ensemble = make_ensemble_document(members, r_max=3.5)

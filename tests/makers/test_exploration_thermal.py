@@ -8,14 +8,14 @@ import re
 import numpy as np
 import pytest
 
-from makers.ensemble import EnsembleCalculator
-from makers.exploration import (
+from active_mlip.makers.ensemble import EnsembleCalculator
+from active_mlip.makers.exploration import (
     ExplorationSettings,
     _close_contact,
     run_exploration,
     run_exploration_walkers,
 )
-from makers.selection import (
+from active_mlip.makers.selection import (
     SelectionSettings,
     energy_probability,
     reference_at,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from active_mlip.frames import Frame
-from makers.exploration import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.exploration import (
     LOG_KEYS,
     ExplorationBatchDocument,
     ExplorationDocument,
@@ -206,7 +206,7 @@ def spring_ensemble():
 def test_make_walkers_job_caches_and_routes_data(tmp_path, cui):
     from jobflow import Flow, run_locally
 
-    from active_mlip.stores import StoreSettings, make_job_store
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
 
     ensemble = spring_ensemble()
     settings = ExplorationSettings(loginterval=2, max_steps=30)

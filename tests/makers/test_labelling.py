@@ -17,9 +17,8 @@ from maggma.stores import MemoryStore
 from monty.json import MontyDecoder, jsanitize
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.frames import Frame
-from active_mlip.stores import ResultCache, StoreSettings, make_job_store
-from makers.labelling import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.labelling import (
     ASECalculatorLabeller,
     Atomate2Labeller,
     CHGNetLabeller,
@@ -31,8 +30,10 @@ from makers.labelling import (
     normalise_dft_output,
     validate_frames,
 )
+from active_mlip.stores.cache import ResultCache
+from active_mlip.stores.job_store import StoreSettings, make_job_store
+from active_mlip.workflows.materials import get_structure
 from tests.makers.helpers_labelling import CountingEMT
-from workflows.materials import get_structure
 
 HELPERS = "tests.makers.helpers_labelling"
 

@@ -19,10 +19,10 @@ import pytest
 from ase.build import bulk
 from jobflow import run_locally
 
-from active_mlip.frames import Frame
-from active_mlip.stores import StoreSettings, make_job_store
-from makers.labelling import Atomate2Labeller, LabelMaker
-from makers.schemas import LabelledBatch
+from active_mlip.core.frames import Frame
+from active_mlip.makers.labelling import Atomate2Labeller, LabelMaker
+from active_mlip.makers.schemas import LabelledBatch
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 
 CP2K_SHARE = Path("/usr/share/cp2k")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from makers import mace_runner
-from makers.training import TrainingSettings, run_mace_training
+from active_mlip.makers import mace_runner
+from active_mlip.makers.training import TrainingSettings, run_mace_training
 from tests.makers.test_training import E0S, emt_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def test_fork_server_keeps_its_import_warnings_off_the_terminal(tmp_path):
     # the run's log, and the server's import warnings go nowhere.
     code = (
         "import sys; from pathlib import Path; "
-        "from makers.training import TrainingSettings, run_mace_training; "
+        "from active_mlip.makers.training import TrainingSettings, run_mace_training; "
         "from tests.makers.test_training import E0S, emt_frames; "
         "f = emt_frames(4); s = TrainingSettings.preset('tiny', max_num_epochs=1); "
         "run_mace_training(f[:3], f[3:], E0S, s, 1, Path(sys.argv[1]), device='cpu')"
@@ -92,7 +92,7 @@ def test_unguarded_script_is_not_rerun_in_the_child(tmp_path):
         "import sys, time\n"
         f"sys.path.insert(0, {str(REPO)!r})\n"
         f"open({str(marker)!r}, 'a').write('ran\\n')\n"
-        "from makers.mace_runner import run_forked\n"
+        "from active_mlip.makers.mace_runner import run_forked\n"
         "print('exit', run_forked(time.sleep, 0), run_forked(time.sleep, 0))\n"
     )
     env = {**os.environ, mace_runner.LAUNCH_ENV: "forkserver"}

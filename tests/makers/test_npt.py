@@ -1,4 +1,4 @@
-"""Tests of :mod:`makers.npt`: MTK dynamics samples the NPT volume distribution.
+"""Tests of :mod:`active_mlip.makers.npt`: MTK dynamics samples the NPT volume distribution.
 
 System: 8-atom fcc Cu (2x1x1 conventional cell) with ASE's EMT at 500 K and 0 GPa. The
 reference volume distribution comes from the Metropolis Monte Carlo sampler
@@ -23,7 +23,7 @@ from ase.md.nptberendsen import NPTBerendsen
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
 from ase.neighborlist import NeighborList, PrimitiveNeighborList
 
-from makers.npt import enthalpy, make_npt_dynamics
+from active_mlip.makers.npt import enthalpy, make_npt_dynamics
 
 T_K = 500.0
 P_GPA = 0.0

@@ -13,15 +13,14 @@ from maggma.stores import MemoryStore
 from pydantic import ValidationError
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from active_mlip.frames import Frame
-from active_mlip.stores import ResultCache, StoreSettings, make_job_store
-from makers.labelling import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.labelling import (
     ASECalculatorLabeller,
     Atomate2Labeller,
     CHGNetLabeller,
     label_cache_key,
 )
-from makers.relax import (
+from active_mlip.makers.relax import (
     RelaxationDocument,
     RelaxationSettings,
     RelaxMaker,
@@ -29,9 +28,11 @@ from makers.relax import (
     relax_cache_key,
     relax_structure,
 )
-from makers.sampling import displacement_frames
+from active_mlip.makers.sampling import displacement_frames
+from active_mlip.stores.cache import ResultCache
+from active_mlip.stores.job_store import StoreSettings, make_job_store
+from active_mlip.workflows.materials import default_supercell, get_structure
 from tests.makers.helpers_labelling import CountingEMT
-from workflows.materials import default_supercell, get_structure
 
 #: EMT's equilibrium lattice constant of fcc Cu (equation-of-state fit, Å).
 A_EMT = 3.5898

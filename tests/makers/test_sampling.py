@@ -10,8 +10,8 @@ from ase.calculators.emt import EMT
 from ase.data import atomic_masses
 from ase.io import write
 
-from active_mlip.frames import Frame
-from makers.sampling import (
+from active_mlip.core.frames import Frame
+from active_mlip.makers.sampling import (
     ForceConstantsDocument,
     HarmonicSamplingMaker,
     compute_force_constants,
@@ -266,8 +266,8 @@ def test_stable_crystals_record_no_unstable_mode(fc_doc):
 def test_cui_under_chgnet_has_no_unstable_mode():
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from makers.labelling import CHGNetLabeller
-    from workflows.materials import default_supercell, get_structure
+    from active_mlip.makers.labelling import CHGNetLabeller
+    from active_mlip.workflows.materials import default_supercell, get_structure
 
     atoms = AseAtomsAdaptor.get_atoms(get_structure("CuI")) * default_supercell("CuI")
     doc = compute_force_constants(Frame.from_atoms(atoms), CHGNetLabeller())
@@ -293,7 +293,7 @@ def test_constructed_negative_mode_is_recorded_and_not_sampled(fc_doc, caplog):
     assert mode.index == 0 and mode.omega2 == pytest.approx(-delta, abs=1e-12)
     assert mode.frequency_thz == pytest.approx(-np.sqrt(delta) * 15.633302, rel=1e-6)
     # The samples neither move nor have velocity along it; every other optical mode moves.
-    with caplog.at_level("WARNING", logger="makers.sampling"):
+    with caplog.at_level("WARNING", logger="active_mlip.makers.sampling"):
         frames = harmonic_samples(doc, 300.0, 10, seed=2)
     assert "unstable modes" in caplog.text
     _, new_vecs, _ = normal_modes(doc)
@@ -373,9 +373,9 @@ def test_import_trajectory_errors(tmp_path):
 def test_force_constants_maker_flow(tmp_path, fc_doc):
     from jobflow import run_locally
 
-    from active_mlip.stores import StoreSettings, make_job_store
-    from makers.labelling import ASECalculatorLabeller
-    from makers.sampling import ForceConstantsMaker
+    from active_mlip.makers.labelling import ASECalculatorLabeller
+    from active_mlip.makers.sampling import ForceConstantsMaker
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
 
     labeller = ASECalculatorLabeller(calculator="ase.calculators.emt.EMT")
     flow = ForceConstantsMaker(labeller=labeller).make(cu_supercell())
@@ -392,8 +392,8 @@ def test_force_constants_maker_flow(tmp_path, fc_doc):
 
 
 def test_force_constants_maker_rejects_unsupported_elements():
-    from makers.labelling import ASECalculatorLabeller
-    from makers.sampling import ForceConstantsMaker
+    from active_mlip.makers.labelling import ASECalculatorLabeller
+    from active_mlip.makers.sampling import ForceConstantsMaker
 
     labeller = ASECalculatorLabeller(calculator="ase.calculators.emt.EMT")
     cui = Frame.from_atoms(bulk("CuI", "zincblende", a=6.054, cubic=True))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from makers.selection import (
+from active_mlip.makers.selection import (
     ReferenceStatistics,
     SelectionSettings,
     acceptance_probability,

@@ -12,11 +12,10 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from jobflow import run_locally
 
-from active_mlip.blobs import Blob
-from active_mlip.frames import Frame
-from active_mlip.stores import StoreSettings, make_job_store
-from makers.schemas import EnsembleDocument, MemberDocument
-from makers.training import (
+from active_mlip.core.blobs import Blob
+from active_mlip.core.frames import Frame
+from active_mlip.makers.schemas import EnsembleDocument, MemberDocument
+from active_mlip.makers.training import (
     EnsembleTrainingMaker,
     TrainingSettings,
     _parent_member,
@@ -24,6 +23,7 @@ from makers.training import (
     run_mace_training,
     split_subset,
 )
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 
 #: EMT energy of an isolated Cu atom (eV): the reference energy a labeller would give.
 E0S = {"Cu": 3.51}
@@ -286,7 +286,7 @@ def test_warm_start_beats_training_from_scratch(trained):
 
 
 def test_mace_arguments(tmp_path):
-    from makers.training import _mace_args
+    from active_mlip.makers.training import _mace_args
 
     s = TrainingSettings.preset("tiny", warm_start_epochs=3, warm_start_lr=0.001)
     e0s = {"I": -0.25, "Cu": -1.5}
@@ -317,7 +317,7 @@ def test_mace_arguments(tmp_path):
 # faults: a diverging member
 # --------------------------------------------------------------------------------------
 def _member(frames, settings, store, tmp_path, subset=0, seed_index=0) -> MemberDocument:
-    from makers.training import train_member
+    from active_mlip.makers.training import train_member
 
     job = train_member(frames, E0S, settings, subset, seed_index)
     responses = run_locally(job, store=store, ensure_success=True, log=False, root_dir=tmp_path)
@@ -325,8 +325,8 @@ def _member(frames, settings, store, tmp_path, subset=0, seed_index=0) -> Member
 
 
 def test_diverging_member_is_retried_then_marked_failed(tmp_path):
-    from active_mlip.stores import ResultCache
-    from makers.training import retry_seed
+    from active_mlip.makers.training import retry_seed
+    from active_mlip.stores.cache import ResultCache
 
     store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
     # A learning rate of 1e6 makes MACE's loss NaN within the first epoch (MACE goes on).
@@ -344,8 +344,8 @@ def test_diverging_member_is_retried_then_marked_failed(tmp_path):
 
 
 def test_member_recovers_with_the_retry_seed(trained, tmp_path, monkeypatch):
-    import makers.training as training
-    from active_mlip.stores import ResultCache
+    import active_mlip.makers.training as training
+    from active_mlip.stores.cache import ResultCache
 
     good = trained["doc"].members[0].model_file
     seeds = []
@@ -369,7 +369,7 @@ def test_member_recovers_with_the_retry_seed(trained, tmp_path, monkeypatch):
 
 
 def test_gather_drops_failed_members_and_needs_two(trained):
-    from makers.training import gather_ensemble
+    from active_mlip.makers.training import gather_ensemble
 
     ok = trained["doc"].members  # indices 0 and 1
     failed = MemberDocument(

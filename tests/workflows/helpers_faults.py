@@ -60,7 +60,7 @@ def label_log(path: str | Path) -> Iterator[None]:
     not logged: a hash logged twice is a label computed twice. The isolated-atom single
     points behind ``loop.e0s = "isolated"`` are logged with the prefix ``isolated:``.
     """
-    from makers.labelling import _InProcessLabeller
+    from active_mlip.makers.labelling import _InProcessLabeller
 
     original = _InProcessLabeller.label_frame
 
@@ -131,7 +131,7 @@ _START_RE = re.compile(r"Starting job - (.*) \(")
 @contextmanager
 def armed(trigger: Trigger) -> Iterator[Trigger]:
     """Watch job starts (jobflow's log) and cache writes for ``trigger``."""
-    from active_mlip.stores import ResultCache
+    from active_mlip.stores.cache import ResultCache
 
     original = ResultCache.put
 
@@ -180,8 +180,8 @@ def killed_run(workdir: Path, log: Path, job: str, kind: str = "", n: int = 0) -
 def _killed_main(workdir: str, log: str, job: str, kind: str, n: str) -> int:
     import warnings
 
-    from workflows.local import run_local
-    from workflows.settings import ActiveLearningSettings
+    from active_mlip.app.local import run_local
+    from active_mlip.workflows.settings import ActiveLearningSettings
 
     warnings.simplefilter("ignore")
     with label_log(log), armed(Trigger(job, kind, int(n))):

@@ -18,10 +18,15 @@ from pathlib import Path
 import pytest
 from ase.io import read
 
-from workflows.active_learning import IterationRecord, LoopState, plateau, stopping_reason
-from workflows.local import RunConflictError, run_local
-from workflows.materials import get_structure
-from workflows.settings import ActiveLearningSettings
+from active_mlip.app.local import RunConflictError, run_local
+from active_mlip.workflows.active_learning import (
+    IterationRecord,
+    LoopState,
+    plateau,
+    stopping_reason,
+)
+from active_mlip.workflows.materials import get_structure
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 ITERATION_FIELDS = {
     "n_train",
@@ -47,7 +52,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _hashes(path: Path) -> list[tuple]:
-    from active_mlip.frames import Frame
+    from active_mlip.core.frames import Frame
 
     return [Frame.from_atoms(a).structure_hash() for a in read(path, ":")]
 
@@ -244,7 +249,7 @@ def _record(i: int, mae: float, n_selected: int = 5, u_std: float = 0.01) -> Ite
 
 
 def _state(maes: list[float], u_stds: list[float] | None = None, labels: int = 10) -> LoopState:
-    from workflows.active_learning import FrameSet
+    from active_mlip.workflows.active_learning import FrameSet
 
     u_stds = u_stds or [0.01] * len(maes)
     return LoopState(
@@ -297,8 +302,8 @@ def test_convergence_is_a_plateau_of_force_mae_and_sigma_u():
 
 
 def _exploration(temperature: float, n_scored: int, frames: list, md_ps: float, **extra):
-    from makers.exploration import ExplorationDocument
-    from makers.selection import ReferenceStatistics
+    from active_mlip.makers.exploration import ExplorationDocument
+    from active_mlip.makers.selection import ReferenceStatistics
 
     ref = ReferenceStatistics(
         key="force_max", u_mean=0.05, u_std=0.01, e_mean=-200.0, e_std=0.25, n_frames=20
@@ -322,7 +327,7 @@ def _exploration(temperature: float, n_scored: int, frames: list, md_ps: float, 
 def test_an_empty_exploration_stops_before_retraining_and_says_how_much_md_it_ran():
     from jobflow import Flow, Response
 
-    from workflows.active_learning import Candidates, FrameSet, proceed
+    from active_mlip.workflows.active_learning import Candidates, FrameSet, proceed
 
     s = ActiveLearningSettings.from_preset(
         "tiny", loop={"max_iterations": 10}, selection={"shift": 2.0}
@@ -360,7 +365,7 @@ def test_an_empty_exploration_stops_before_retraining_and_says_how_much_md_it_ra
 def test_several_temperatures_explore_as_one_batched_job(tmp_path):
     settings = ActiveLearningSettings.from_preset("tiny", loop={"temperatures": [300.0, 600.0]})
     summary = run_local("CuI", tmp_path / "two", settings)
-    from active_mlip.stores import StoreSettings, make_job_store
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
 
     store = make_job_store(StoreSettings(local_path=tmp_path / "two" / "store"))
     store.connect()
@@ -388,7 +393,7 @@ def test_several_temperatures_explore_as_one_batched_job(tmp_path):
 def _cu(seed: int, **info):
     from ase.build import bulk
 
-    from active_mlip.frames import Frame
+    from active_mlip.core.frames import Frame
 
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
     atoms.rattle(stdev=0.03, seed=seed)
@@ -398,9 +403,9 @@ def _cu(seed: int, **info):
 def test_failed_single_points_are_replaced_from_the_reserve(tmp_path):
     from jobflow import Flow, run_locally
 
-    from active_mlip.stores import StoreSettings, make_job_store
-    from makers.labelling import ASECalculatorLabeller, LabelMaker
-    from workflows.active_learning import ToppedUpBatch, top_up
+    from active_mlip.makers.labelling import ASECalculatorLabeller, LabelMaker
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
+    from active_mlip.workflows.active_learning import ToppedUpBatch, top_up
 
     labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
     primary = [_cu(0, rank=0), _cu(1, rank=1, fail="raise"), _cu(2, rank=2)]
@@ -430,8 +435,8 @@ def test_failed_single_points_are_replaced_from_the_reserve(tmp_path):
 
 
 def test_no_top_up_when_every_frame_failed_or_quota_met():
-    from makers.labelling import ASECalculatorLabeller, label_in_process
-    from workflows.active_learning import top_up
+    from active_mlip.makers.labelling import ASECalculatorLabeller, label_in_process
+    from active_mlip.workflows.active_learning import top_up
 
     labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
     reserve = [_cu(4), _cu(5)]
@@ -446,8 +451,12 @@ def test_no_top_up_when_every_frame_failed_or_quota_met():
 def test_dft_replacements_become_a_label_job_and_another_top_up():
     from jobflow import Flow, Response
 
-    from makers.labelling import ASECalculatorLabeller, Atomate2Labeller, label_in_process
-    from workflows.active_learning import top_up
+    from active_mlip.makers.labelling import (
+        ASECalculatorLabeller,
+        Atomate2Labeller,
+        label_in_process,
+    )
+    from active_mlip.workflows.active_learning import top_up
 
     emt = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
     batch = label_in_process([_cu(0), _cu(1, fail="raise"), _cu(2)], emt)
@@ -461,8 +470,8 @@ def test_dft_replacements_become_a_label_job_and_another_top_up():
 
 
 def test_collect_keeps_the_next_best_as_reserve():
-    from makers.exploration import ExplorationDocument
-    from workflows.active_learning import collect_candidates
+    from active_mlip.makers.exploration import ExplorationDocument
+    from active_mlip.workflows.active_learning import collect_candidates
 
     frames = [_cu(i, uncertainty=u) for i, u in enumerate([0.3, 0.9, 0.1, 0.5, 0.7])]
     doc = ExplorationDocument.model_construct(frames=frames)
@@ -511,7 +520,7 @@ def test_loop_with_a_labeller_that_fails_on_md_frames_stops_with_a_verdict(tmp_p
 
 
 def test_dft_labeller_cannot_relax_before_any_job():
-    from workflows.active_learning import ActiveLearningMaker
+    from active_mlip.workflows.active_learning import ActiveLearningMaker
 
     dft = ActiveLearningSettings.from_preset(
         "tiny",
@@ -528,10 +537,10 @@ def test_dft_labeller_cannot_relax_before_any_job():
 
 
 def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
-    import workflows.active_learning as al
-    from makers.schemas import LabelledBatch, LabellerIdentity
-    from makers.training import TrainingSettings
-    from workflows.active_learning import FrameSet, merge
+    import active_mlip.workflows.active_learning as al
+    from active_mlip.makers.schemas import LabelledBatch, LabellerIdentity
+    from active_mlip.makers.training import TrainingSettings
+    from active_mlip.workflows.active_learning import FrameSet, merge
 
     monkeypatch.setattr(al, "_calibration", lambda ensemble, frames: [])  # needs no models
     r0 = _cu(0).unlabelled()

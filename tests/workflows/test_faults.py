@@ -21,8 +21,11 @@ from typing import Any
 import pytest
 from ase.io import read
 
-from active_mlip.frames import Frame
-from active_mlip.stores import DatabaseUnreachableError, StoreSettings, make_job_store
+from active_mlip.app.local import run_local
+from active_mlip.core.frames import Frame
+from active_mlip.stores.job_store import StoreSettings, make_job_store
+from active_mlip.stores.mongo import DatabaseUnreachableError
+from active_mlip.workflows.settings import ActiveLearningSettings
 from tests.workflows.helpers_faults import (
     TcpProxy,
     Trigger,
@@ -32,8 +35,6 @@ from tests.workflows.helpers_faults import (
     read_label_log,
     start_jongodb,
 )
-from workflows.local import run_local
-from workflows.settings import ActiveLearningSettings
 
 
 def tiny() -> ActiveLearningSettings:
@@ -203,7 +204,7 @@ def test_database_lost_mid_run_fails_clearly_and_the_rerun_finishes(
 def test_cli_run_names_an_unreachable_database(tmp_path):
     from typer.testing import CliRunner
 
-    from active_mlip.cli import app
+    from active_mlip.app.cli import app
     from tests.fireworks.helpers import free_port
 
     port = free_port()  # nothing listens there
@@ -228,7 +229,7 @@ def test_a_job_document_is_written_only_with_its_data(tmp_path):
     from ase.build import bulk
     from jobflow import JobStore, run_locally
 
-    from workflows.active_learning import concat_frames
+    from active_mlip.workflows.active_learning import concat_frames
 
     frames = [Frame.from_atoms(bulk("Cu"))]
 

@@ -12,7 +12,7 @@ from ase.data import covalent_radii
 from pymatgen.core import Composition
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from workflows.materials import (
+from active_mlip.workflows.materials import (
     DENSITY_RANGE,
     MIN_DISTANCE_FRACTION,
     SUPERCELL_ATOMS,

@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from active_mlip.cli import app
-from workflows.campaign import CampaignError, load_campaign
-from workflows.screening import SCREENING_112, builtin_campaigns, select_materials
+from active_mlip.app.cli import app
+from active_mlip.workflows.campaign import CampaignError, load_campaign
+from active_mlip.workflows.screening import SCREENING_112, builtin_campaigns, select_materials
 
 
 def test_the_builtin_campaign_is_the_screening_set():

@@ -15,8 +15,8 @@ from ase.units import fs
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from workflows.local import run_local
-from workflows.settings import ActiveLearningSettings
+from active_mlip.app.local import run_local
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 N_FRAMES = 30
 
@@ -101,8 +101,8 @@ def test_too_short_trajectory_is_refused(cu_inputs, tmp_path):
 
 
 def test_split_in_time_or_shuffled():
-    from active_mlip.frames import Frame
-    from workflows.active_learning import split_initial
+    from active_mlip.core.frames import Frame
+    from active_mlip.workflows.active_learning import split_initial
 
     frames = [
         Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3).tolist(), info={"aimd_index": k})

@@ -7,7 +7,7 @@ uncertainty it was selected with) in ``info``. Units are eV, eV/Å and eV/Å^3
 
 Integrity: a frame's serialised form carries ``sha256``, the exact content hash of all
 its fields; a frame read back (from a job store, the result cache or JSON) whose
-numbers no longer match it raises :class:`~active_mlip.blobs.CorruptArtifactError`
+numbers no longer match it raises :class:`~active_mlip.core.blobs.CorruptArtifactError`
 instead of being used. Every document holding frames (datasets, explorations, label
 batches) gets the check without doing anything. Frames stored without a hash (older
 stores) load unchecked.
@@ -24,9 +24,9 @@ from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from pydantic import Field, computed_field, model_validator
 
-from active_mlip.blobs import CorruptArtifactError, verify_listed
-from active_mlip.documents import Document
-from active_mlip.hashing import frame_content_hash, structure_hash
+from active_mlip.core.blobs import CorruptArtifactError, verify_listed
+from active_mlip.core.documents import Document
+from active_mlip.core.hashing import frame_content_hash, structure_hash
 
 
 class Frame(Document):
@@ -199,7 +199,7 @@ def read_images(path: str | Path, index: str = ":", what: str = "structure") -> 
 
     ``what`` names the kind of file in the messages ("structure", "trajectory"). A file
     listed in a ``SHA256SUMS`` in its directory or the one above (an exported run) is
-    checked against it first (:func:`active_mlip.blobs.verify_listed`).
+    checked against it first (:func:`active_mlip.core.blobs.verify_listed`).
     """
     from ase.io import read
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+
+from active_mlip.app import cli_fireworks
+from active_mlip.app.console import console
 
 app = typer.Typer(
     help="Active learning of MACE interatomic potentials for strongly anharmonic materials.",
@@ -17,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+app.add_typer(cli_fireworks.app)  # submit, status, report, restart, webgui, launch
 
 _JOB_RE = re.compile(r"(Starting|Finished) job - (.*) \(([0-9a-f-]+)")
 
@@ -128,15 +130,15 @@ def run(
     from pydantic import ValidationError
     from rich.markup import escape  # messages quote lists like [nan], which rich would eat
 
-    from active_mlip.blobs import CorruptArtifactError
-    from active_mlip.stores import DatabaseUnreachableError
-    from makers import mace_runner
-    from workflows.local import RunConflictError, run_local
+    from active_mlip.app.local import RunConflictError, run_local
+    from active_mlip.core.blobs import CorruptArtifactError
+    from active_mlip.makers import mace_runner
+    from active_mlip.stores.mongo import DatabaseUnreachableError
 
     # Library deprecation chatter (jobflow, e3nn, chgnet) would bury the progress display.
     for category in (FutureWarning, DeprecationWarning, UserWarning):
         warnings.filterwarnings("ignore", category=category)
-    from workflows.settings import ActiveLearningSettings
+    from active_mlip.workflows.settings import ActiveLearningSettings
 
     loop: dict = {}
     try:
@@ -210,9 +212,6 @@ def _pretty_validation(exc) -> str:
     )
 
 
-from active_mlip import cli_fireworks  # noqa: E402,F401  (registers submit/status/restart/webgui)
-
-
 def _run_campaign(
     campaign: str,
     materials: str | None,
@@ -226,10 +225,10 @@ def _run_campaign(
     from pydantic import ValidationError
     from rich.markup import escape
 
-    from workflows.local import RunConflictError
-    from workflows.screening import (
+    from active_mlip.app.local import RunConflictError
+    from active_mlip.app.local_campaign import run_campaign_local
+    from active_mlip.workflows.screening import (
         builtin_campaigns,
-        run_campaign_local,
         screening_settings,
         select_materials,
     )
@@ -241,7 +240,7 @@ def _run_campaign(
     if campaign in builtin_campaigns():
         name, available = campaign, builtin_campaigns()[campaign]
     elif Path(campaign).suffix in (".yaml", ".yml") or Path(campaign).is_file():
-        from workflows.campaign import CampaignError, load_campaign
+        from active_mlip.workflows.campaign import CampaignError, load_campaign
 
         try:
             spec, _ = load_campaign(campaign)

@@ -8,7 +8,7 @@ quick``). :class:`PayloadFileStore` writes the fields named in ``payload_fields`
 BSON-encoded, to ``<database_path>/<database_name>/<collection>.payload/`` -- one file
 per document, named by the SHA-256 of its key, replaced atomically, written before its
 document -- and the collection (montydb's sqlite file, read through
-:class:`~active_mlip.local_store.IndexedMontyStore`) keeps the rest with the file's name
+:class:`~active_mlip.stores.local_store.IndexedMontyStore`) keeps the rest with the file's name
 and SHA-256, checked whenever the file is read.
 """
 
@@ -23,15 +23,15 @@ from typing import Any
 import bson
 from monty.json import jsanitize
 
-from active_mlip.blobs import CorruptArtifactError
-from active_mlip.local_store import IndexedMontyStore
+from active_mlip.core.blobs import CorruptArtifactError
+from active_mlip.stores.local_store import IndexedMontyStore
 
 #: Field of the montydb document that points at its payload file.
 POINTER = "_payload"
 
 
 class PayloadFileStore(IndexedMontyStore):
-    """An :class:`~active_mlip.local_store.IndexedMontyStore` whose bulky fields live in
+    """An :class:`~active_mlip.stores.local_store.IndexedMontyStore` whose bulky fields live in
     files of their own.
 
     Parameters

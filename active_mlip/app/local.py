@@ -16,19 +16,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from active_mlip.blobs import MANIFEST, write_manifest
-from active_mlip.frames import Frame, write_extxyz
-from active_mlip.stores import (
-    DatabaseUnreachableError,
+from active_mlip.core.blobs import MANIFEST, write_manifest
+from active_mlip.core.frames import Frame, write_extxyz
+from active_mlip.makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
+from active_mlip.stores.job_store import (
     StoreSettings,
     make_job_store,
     store_location,
     store_unreachable,
 )
-from makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
-from workflows.active_learning import ActiveLearningMaker, LoopResult, ToppedUpBatch
-from workflows.materials import get_structure
-from workflows.settings import ActiveLearningSettings
+from active_mlip.stores.mongo import DatabaseUnreachableError
+from active_mlip.workflows.active_learning import ActiveLearningMaker, LoopResult, ToppedUpBatch
+from active_mlip.workflows.materials import get_structure
+from active_mlip.workflows.settings import ActiveLearningSettings
 
 logger = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ def export_run(
     write_manifest(workdir, exported + sorted(models_dir.iterdir()))
 
     try:
-        from workflows.report import write_report
+        from active_mlip.app.report import write_report
 
         write_report(result, store, workdir, settings, ensemble, test_frames)
     except Exception as exc:  # a broken plot must not lose the run's results

@@ -1,6 +1,8 @@
 """``active-mlip submit | status | restart | webgui | launch``: campaigns on FireWorks.
 
-The logic lives in :mod:`active_mlip.fw`; this module only parses options and prints.
+The logic lives in :mod:`active_mlip.app.launchpad`, :mod:`~active_mlip.app.submit`,
+:mod:`~active_mlip.app.status` and :mod:`~active_mlip.app.workers`; this module only
+parses options and prints.
 Credentials come from the environment (``ACTIVE_MLIP_MONGO_URI``, optionally
 ``ACTIVE_MLIP_LAUNCHPAD``); see launchers/README.md and deploy/README.md.
 """
@@ -15,7 +17,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from active_mlip.cli import app, console
+from active_mlip.app.console import console
+
+#: The FireWorks commands; :mod:`active_mlip.app.cli` adds them to ``active-mlip``.
+app = typer.Typer()
 
 _TIMEOUT = typer.Option(help="Seconds to wait for MongoDB before giving up.")
 
@@ -26,7 +31,8 @@ def _fail(msg: str) -> None:
 
 
 def _launchpad(timeout: float):
-    from active_mlip.fw import DatabaseUnreachableError, InsecureConfigError, load_launchpad
+    from active_mlip.app.launchpad import load_launchpad
+    from active_mlip.stores.mongo import DatabaseUnreachableError, InsecureConfigError
 
     try:
         return load_launchpad(timeout_ms=int(timeout * 1000))
@@ -58,8 +64,8 @@ def submit(
     Submitting the same campaign again adds nothing; a material already submitted
     with other settings is reported and left alone.
     """
-    from active_mlip.fw import check_routing, submit_campaign
-    from workflows.campaign import CampaignError, load_campaign
+    from active_mlip.app.submit import check_routing, submit_campaign
+    from active_mlip.workflows.campaign import CampaignError, load_campaign
 
     try:
         campaign, settings = load_campaign(campaign_file)
@@ -92,7 +98,9 @@ def submit(
 
 def _index_outputs(timeout: float) -> None:
     """Index the job store for ``status``; a store that cannot be reached is only warned of."""
-    from active_mlip.fw import DatabaseUnreachableError, client_job_store, ensure_output_indexes
+    from active_mlip.app.status import ensure_output_indexes
+    from active_mlip.stores.mongo import DatabaseUnreachableError
+    from active_mlip.stores.worker_store import client_job_store
 
     try:
         store = client_job_store(timeout_ms=int(timeout * 1000))
@@ -111,7 +119,9 @@ def status(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """One row per material: state, iteration, labels, latest test force MAE, fireworks."""
-    from active_mlip.fw import DatabaseUnreachableError, campaign_status, client_job_store
+    from active_mlip.app.status import campaign_status
+    from active_mlip.stores.mongo import DatabaseUnreachableError
+    from active_mlip.stores.worker_store import client_job_store
 
     lp = _launchpad(timeout)
     try:
@@ -162,8 +172,10 @@ def report(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Write the campaign report (MAE histograms, flagged materials, learning curves)."""
-    from active_mlip.fw import DatabaseUnreachableError, campaign_status, client_job_store
-    from workflows.campaign_report import MaterialOutcome, outcomes_from_store, write_report
+    from active_mlip.app.campaign_report import MaterialOutcome, outcomes_from_store, write_report
+    from active_mlip.app.status import campaign_status
+    from active_mlip.stores.mongo import DatabaseUnreachableError
+    from active_mlip.stores.worker_store import client_job_store
 
     lp = _launchpad(timeout)
     try:
@@ -202,7 +214,7 @@ def restart(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Rerun lost and fizzled fireworks; every label/member already computed is reused."""
-    from active_mlip.fw import restart_campaign
+    from active_mlip.app.status import restart_campaign
 
     lp = _launchpad(timeout)
     result = restart_campaign(lp, campaign, expiration_secs=lost_after, dry_run=dry_run)
@@ -227,7 +239,12 @@ def webgui(
     Basic auth from $ACTIVE_MLIP_WEBGUI_USERNAME / $ACTIVE_MLIP_WEBGUI_PASSWORD; required
     for any address other than loopback.
     """
-    from active_mlip.fw import WEBGUI_PASSWORD_ENV, WEBGUI_USER_ENV, serve_webgui, webgui_app
+    from active_mlip.app.workers import (
+        WEBGUI_PASSWORD_ENV,
+        WEBGUI_USER_ENV,
+        serve_webgui,
+        webgui_app,
+    )
 
     lp = _launchpad(timeout)
     try:
@@ -255,7 +272,7 @@ def launch(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Run fireworks here (``rlaunch rapidfire`` with credentials from the environment)."""
-    from active_mlip.fw import run_worker
+    from active_mlip.app.workers import run_worker
 
     if not worker_file.is_file():
         _fail(f"worker file {str(worker_file)!r} does not exist")

@@ -25,62 +25,13 @@ from jobflow.core.reference import OnMissing
 from maggma.core import Store
 from pydantic import Field
 
-from active_mlip.documents import Document
+from active_mlip.core.documents import Document
+from active_mlip.stores.mongo import MONGO_URI_ENV, read_private_yaml, uri_hosts
 
-#: Environment variable holding a MongoDB URI (with credentials); never commit one.
-MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
 #: Environment variable naming the MongoDB database.
 MONGO_DB_ENV = "ACTIVE_MLIP_MONGO_DB"
 #: Environment variable naming a YAML store file (``mongo_uri``, ``database``, ``prefix``).
 STORE_FILE_ENV = "ACTIVE_MLIP_STORE_FILE"
-
-
-class InsecureConfigError(ValueError):
-    """A configuration file with a password is readable by other users."""
-
-
-class DatabaseUnreachableError(RuntimeError):
-    """MongoDB cannot be reached (or refuses the credentials)."""
-
-
-def read_private_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """Read a YAML mapping; refuse it when it holds a password others can read.
-
-    A password counts when a ``password`` key is set or a ``host``/``mongo_uri`` value
-    is a URI with ``user:password@``.
-
-    Raises
-    ------
-    InsecureConfigError
-        If group or others can read a file holding a password.
-    ValueError
-        If the file is missing or not a mapping.
-    """
-    import re
-    import stat
-
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} file {str(path)!r} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"{what} file {path} is not valid YAML ({exc}); fix or replace it"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{what} file {path} is not a mapping")
-    uris = " ".join(str(data.get(k) or "") for k in ("host", "mongo_uri"))
-    has_password = bool(data.get("password")) or bool(re.search(r"://[^/@:]+:[^@/]+@", uris))
-    mode = path.stat().st_mode
-    if has_password and mode & (stat.S_IRGRP | stat.S_IROTH):
-        raise InsecureConfigError(
-            f"refusing {what} file {path}: it holds a password and is readable by other "
-            f"users (mode {stat.S_IMODE(mode):o}); run `chmod 600 {path}`"
-        )
-    return data
 
 
 class StoreSettings(Document):
@@ -219,8 +170,8 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     else:
         if settings.local_path is None:
             raise ValueError("StoreSettings needs local_path when no MongoDB URI is configured")
-        from active_mlip.local_store import IndexedMontyStore
-        from active_mlip.payload_store import PayloadFileStore
+        from active_mlip.stores.local_store import IndexedMontyStore
+        from active_mlip.stores.payload_store import PayloadFileStore
 
         path = Path(settings.local_path).resolve()
         path.mkdir(parents=True, exist_ok=True)
@@ -236,8 +187,6 @@ def store_location(settings: StoreSettings) -> str:
     uri = settings.resolved_uri()
     if not uri:
         return f"the file store in {settings.local_path}"
-    from active_mlip.fw import uri_hosts
-
     db = os.environ.get(MONGO_DB_ENV, settings.database)
     return f"MongoDB database {db!r} at {uri_hosts(uri)}"
 
@@ -260,48 +209,3 @@ def store_unreachable(settings: StoreSettings, timeout_ms: int = 3000) -> str | 
     finally:
         client.close()
     return None
-
-
-class ResultCache:
-    """Content-keyed results shared by every job that sees the same JobStore.
-
-    Parameters
-    ----------
-    store
-        The ``cache`` additional store of a JobStore, or ``None`` to disable caching
-        (then :meth:`get` always misses and :meth:`put` does nothing).
-    """
-
-    def __init__(self, store: Store | None):
-        self.store = store
-
-    @classmethod
-    def from_current_job(cls) -> ResultCache:
-        """The cache of the JobStore the running job was given (needs ``expose_store``)."""
-        from jobflow import CURRENT_JOB
-
-        store = getattr(CURRENT_JOB, "store", None)
-        cache = None if store is None else store.additional_stores.get("cache")
-        return cls(cache)
-
-    def _ensure(self) -> None:
-        if self.store is not None and getattr(self.store, "_coll", None) is None:
-            self.store.connect()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        """Return the cached payload for ``key``, or ``None``."""
-        if self.store is None:
-            return None
-        self._ensure()
-        doc = self.store.query_one({"cache_key": key})
-        return None if doc is None else doc.get("payload")
-
-    def put(self, key: str, kind: str, payload: dict[str, Any]) -> None:
-        """Store ``payload`` under ``key`` (idempotent: the same key is written once)."""
-        if self.store is None:
-            return
-        self._ensure()
-        from monty.json import jsanitize
-
-        doc = {"cache_key": key, "kind": kind, "payload": jsanitize(payload, strict=True)}
-        self.store.update([doc], key="cache_key")

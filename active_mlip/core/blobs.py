@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import Field
 
-from active_mlip.documents import Document
-from active_mlip.hashing import bytes_hash, file_hash
+from active_mlip.core.documents import Document
+from active_mlip.core.hashing import bytes_hash, file_hash
 
 #: Name of the manifest a run's work directory holds.
 MANIFEST = "SHA256SUMS"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from active_mlip.documents import Document
+from active_mlip.core.documents import Document
 
 
 class MaterialOutcome(Document):
@@ -46,7 +46,7 @@ class MaterialOutcome(Document):
 
 
 def outcome_from_summary(summary: dict[str, Any]) -> MaterialOutcome:
-    """From the ``summary.json`` of a run (see :func:`workflows.local.export_run`)."""
+    """From the ``summary.json`` of a run (see :func:`active_mlip.app.local.export_run`)."""
     its = summary.get("iterations") or []
     screening = summary.get("screening") or {}
     first, last = (its[0], its[-1]) if its else ({}, {})
@@ -73,7 +73,7 @@ def outcome_from_summary(summary: dict[str, Any]) -> MaterialOutcome:
 
 
 def outcome_from_result(result: Any) -> MaterialOutcome:
-    """From a loop's final output (:class:`workflows.active_learning.LoopResult`)."""
+    """From a loop's final output (:class:`active_mlip.workflows.active_learning.LoopResult`)."""
     state = result.state
     return outcome_from_summary(
         {

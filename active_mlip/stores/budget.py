@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from active_mlip.documents import Document
+from active_mlip.core.documents import Document
 
 
 class LabelBudget(Document):

@@ -1,0 +1,243 @@
+"""A campaign's state on FireWorks (``active-mlip status``) and its restart."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobflow import JobStore
+
+from active_mlip.app.submit import workflow_query
+
+if TYPE_CHECKING:
+    from fireworks import LaunchPad
+
+_IT_RE = re.compile(r"\bit(\d+)\b")
+
+
+@dataclass
+class MaterialStatus:
+    """One row of ``active-mlip status``."""
+
+    campaign: str
+    material: str
+    state: str
+    iteration: int | None
+    labels: int
+    test_force_mae: float | None
+    counts: dict[str, int]
+    verdict: str | None = None
+
+    @property
+    def running(self) -> int:
+        return self.counts.get("RUNNING", 0) + self.counts.get("RESERVED", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("FIZZLED", 0)
+
+
+def campaign_status(
+    lp: LaunchPad, campaign: str | None = None, store: JobStore | None = None
+) -> list[MaterialStatus]:
+    """State of each material's workflow, in two queries.
+
+    The firework counts come from each workflow's ``fw_states`` (FireWorks keeps them with
+    every firework's state). Iteration, labels, the latest test force MAE and the screening
+    verdict come from the job outputs in ``store`` (when given), found by the campaign and
+    material every job carries in its metadata, so the fireworks (whose specs hold the
+    serialised jobs) are not read at all: iteration = the highest ``itN`` among finished
+    evaluation/controller jobs; labels = labelled + failed frames of every labelling job.
+    Without a store only the iteration is read, from the completed fireworks.
+    """
+    q = workflow_query(campaign) if campaign else {"metadata.campaign": {"$exists": True}}
+    wfs = list(lp.workflows.find(q, {"metadata": 1, "state": 1, "nodes": 1, "fw_states": 1}))
+    if store is not None:
+        summaries = _summaries_from_outputs(store, campaign, wfs)
+    else:
+        summaries = _iterations_from_fireworks(lp, wfs)
+    rows = []
+    for wf, (iteration, labels, mae, verdict) in zip(wfs, summaries, strict=True):
+        counts: dict[str, int] = {}
+        for state in (wf.get("fw_states") or {}).values():
+            counts[state] = counts.get(state, 0) + 1
+        rows.append(
+            MaterialStatus(
+                campaign=wf["metadata"]["campaign"],
+                material=wf["metadata"]["material"],
+                state=wf["state"],
+                iteration=iteration,
+                labels=labels,
+                test_force_mae=mae,
+                counts=counts,
+                verdict=verdict,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.campaign, r.material))
+
+
+_Summary = tuple[int | None, int, float | None, str | None]
+
+
+def ensure_output_indexes(store: JobStore) -> None:
+    """Index the job documents by campaign, the field status queries (idempotent).
+
+    jobflow indexes only ``uuid`` and ``index``; without this index MongoDB scans every job
+    document of every campaign for each ``active-mlip status``.
+    """
+    store.docs_store.ensure_index("metadata.campaign")
+
+
+def _summaries_from_outputs(
+    store: JobStore, campaign: str | None, wfs: list[dict[str, Any]]
+) -> list[_Summary]:
+    """(iteration, labels, test force MAE, verdict) of each workflow, from one store query.
+
+    The first version read the completed fireworks and then their outputs: at 5,700
+    fireworks the fireworks query alone took 1.3-2.5 s on the wire-protocol test server,
+    which sends whole documents (benchmarks/campaign_scale.py).
+    """
+    crit: dict[str, Any] = {"metadata.kind": {"$in": list(_STATUS_KINDS)}}
+    crit["metadata.campaign"] = campaign if campaign else {"$exists": True}
+    props = [
+        "uuid",
+        "name",
+        "hosts",
+        "metadata.campaign",
+        "metadata.material",
+        "metadata.kind",
+        "output.n_labelled",
+        "output.n_failed",
+        "output.mae_forces_meV_per_A",
+        "output.verdict",
+    ]
+    docs_of: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for doc in store.docs_store.query(criteria=crit, properties=props):
+        meta = doc.get("metadata") or {}
+        docs_of.setdefault((meta.get("campaign"), meta.get("material")), []).append(doc)
+    out = []
+    for wf in wfs:
+        meta = wf["metadata"]
+        docs = docs_of.get((meta["campaign"], meta["material"]), [])
+        flow_uuid = meta.get("flow_uuid")
+        if flow_uuid:  # outputs of an earlier, deleted workflow of the material do not count
+            docs = [d for d in docs if flow_uuid in (d.get("hosts") or [])]
+        out.append(_summarise_outputs(docs))
+    return out
+
+
+def _iterations_from_fireworks(lp: LaunchPad, wfs: list[dict[str, Any]]) -> list[_Summary]:
+    """(iteration, 0, None, None) of each workflow, from its completed fireworks' names."""
+    owner: dict[int, int] = {}
+    for i, wf in enumerate(wfs):
+        for fw_id, state in (wf.get("fw_states") or {}).items():
+            if state == "COMPLETED":
+                owner[int(fw_id)] = i
+    wanted = {"state": "COMPLETED", "spec.kind": {"$in": ["evaluation", "controller"]}}
+    population = sum(len(wf["nodes"]) for wf in wfs)
+    best: dict[int, int] = {}
+    for fw in _find_ids(lp.fireworks, list(owner), wanted, {"fw_id": 1, "name": 1}, population):
+        i = owner.get(fw["fw_id"])
+        if i is not None and (m := _IT_RE.search(fw["name"])):
+            best[i] = max(best.get(i, -1), int(m.group(1)))
+    return [(best.get(i), 0, None, None) for i in range(len(wfs))]
+
+
+_STATUS_KINDS = ("labelling", "evaluation", "controller")
+
+
+#: Most values in one ``$in`` query (a MongoDB command is at most 16 MB).
+_IN_CHUNK = 20_000
+
+
+def _find_ids(
+    collection: Any,
+    ids: list[int],
+    query: dict[str, Any],
+    projection: dict[str, int],
+    population: int = 0,
+) -> list[dict[str, Any]]:
+    """Documents matching ``query`` among the fireworks ``ids``, in few queries.
+
+    ``ids`` were picked from ``population`` fireworks (the workflows' nodes). When they
+    lie in a range of at most twice that many fw_ids (the usual case: FireWorks numbers
+    a workflow's fireworks one after the other) the range is read, filtered by ``query``
+    on the server, which spares it a long ``$in`` list; the caller drops the ids it did
+    not ask for.
+    """
+    if not ids:
+        return []
+    lo, hi = min(ids), max(ids)
+    if hi - lo + 1 <= 2 * max(len(ids), population):
+        return list(collection.find({**query, "fw_id": {"$gte": lo, "$lte": hi}}, projection))
+    ids = sorted(ids)
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(ids), _IN_CHUNK):
+        out += collection.find({**query, "fw_id": {"$in": ids[i : i + _IN_CHUNK]}}, projection)
+    return out
+
+
+def _summarise_outputs(outputs: list[dict[str, Any]]) -> _Summary:
+    """Iteration, labels, latest test force MAE and verdict from one workflow's job outputs."""
+    labels = 0
+    verdict = None
+    iteration: int | None = None
+    best: tuple[int, float] | None = None
+    for doc in outputs:
+        out = doc.get("output") or {}
+        kind = (doc.get("metadata") or {}).get("kind")
+        m = _IT_RE.search(doc.get("name") or "")
+        it = int(m.group(1)) if m else -1
+        if isinstance(out.get("verdict"), str):  # the screening verdict job
+            verdict = out["verdict"]
+        if kind == "labelling" and isinstance(out.get("n_labelled"), int):
+            labels += out["n_labelled"] + int(out.get("n_failed") or 0)
+        if kind in ("evaluation", "controller") and m:
+            iteration = it if iteration is None else max(iteration, it)
+        if kind == "evaluation" and out.get("mae_forces_meV_per_A") is not None:
+            if best is None or it >= best[0]:
+                best = (it, float(out["mae_forces_meV_per_A"]))
+    return iteration, labels, None if best is None else best[1], verdict
+
+
+@dataclass
+class RestartResult:
+    """Fireworks found lost (worker died) or fizzled (job failed), and rerun."""
+
+    lost: list[int] = field(default_factory=list)
+    fizzled: list[int] = field(default_factory=list)
+
+
+def campaign_fw_ids(lp: LaunchPad, campaign: str | None) -> list[int]:
+    q = workflow_query(campaign) if campaign else {"metadata.campaign": {"$exists": True}}
+    ids: list[int] = []
+    for wf in lp.workflows.find(q, {"nodes": 1}):
+        ids += wf["nodes"]
+    return ids
+
+
+def restart_campaign(
+    lp: LaunchPad,
+    campaign: str | None = None,
+    expiration_secs: int = 4 * 3600,
+    dry_run: bool = False,
+) -> RestartResult:
+    """Rerun a campaign's lost and fizzled fireworks.
+
+    A run is lost when its worker stopped pinging for ``expiration_secs`` (a killed
+    node). Reruns recompute nothing already stored: labels, members and explorations
+    are cached by content in the job store and reused by the rerun jobs.
+    """
+    ids = campaign_fw_ids(lp, campaign)
+    result = RestartResult()
+    if not ids:
+        return result
+    query = {"fw_id": {"$in": ids}}
+    _, lost, _ = lp.detect_lostruns(expiration_secs=expiration_secs, query=query, rerun=not dry_run)
+    result.lost = sorted(lost)
+    result.fizzled = sorted(lp.get_fw_ids({**query, "state": "FIZZLED"}))
+    if not dry_run:
+        for fw_id in result.fizzled:
+            lp.rerun_fw(fw_id)
+    return result
