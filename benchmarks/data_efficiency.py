@@ -357,7 +357,7 @@ def active_learning(
 ) -> tuple[list[dict], list[Frame], dict]:
     """Run the loop; per iteration (labels, ensemble), the initial frames, the summary."""
     from active_mlip.app.local import run_local
-    from active_mlip.workflows.active_learning import LoopResult
+    from active_mlip.workflows.state import LoopResult
 
     t0 = time.perf_counter()
     summary = run_local(MATERIAL, workdir, settings)

@@ -253,7 +253,7 @@ def jongodb_binary() -> Path:
     binary = Path(env) if env else REPO / ".cache" / "jongodb" / "package" / "bin" / "jongodb"
     if not binary.is_file():
         raise SystemExit(
-            f"no jongodb binary at {binary}: set JONGODB_BIN (tests/fireworks/conftest.py "
+            f"no jongodb binary at {binary}: set JONGODB_BIN (tests/mongo.py "
             "shows how it is installed with npm pack)"
         )
     return binary

@@ -1046,20 +1046,24 @@ class ExplorationMaker(Maker):
         key = exploration_cache_key(
             ensemble, start, reference, temperature, n_new, self.settings, self.selection, seed
         )
-        cache = ResultCache.from_current_job()
-        hit = cache.get(key)
-        if hit is not None:
+
+        def explore() -> ExplorationDocument:
+            calc = EnsembleCalculator.from_document(
+                ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
+            )
+            doc = run_exploration(
+                calc, start, reference, temperature, n_new, self.settings, self.selection, seed
+            )
+            doc.cache_key = key
+            return doc
+
+        def reused(hit: dict) -> ExplorationDocument:
             logger.info("exploration %s… reused from the cache", key[:12])
             return ExplorationDocument.model_validate({**hit, "reused": True})
-        calc = EnsembleCalculator.from_document(
-            ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
+
+        return ResultCache.from_current_job().get_or_compute(
+            key, "exploration", explore, reused, lambda doc: doc.model_dump()
         )
-        doc = run_exploration(
-            calc, start, reference, temperature, n_new, self.settings, self.selection, seed
-        )
-        doc.cache_key = key
-        cache.put(key, "exploration", doc.model_dump())
-        return doc
 
     @job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
     def make_walkers(
@@ -1099,38 +1103,41 @@ class ExplorationMaker(Maker):
             self.selection,
             seeds,
         )
-        cache = ResultCache.from_current_job()
-        hit = cache.get(key)
-        if hit is not None:
+
+        def explore() -> ExplorationBatchDocument:
+            calc = EnsembleCalculator.from_document(
+                ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
+            )
+            t0, passes0 = time.perf_counter(), calc.n_forward_passes
+            docs = run_exploration_walkers(
+                calc,
+                starts,
+                references,
+                temperatures,
+                n_new,
+                self.settings,
+                self.selection,
+                seeds,
+            )
+            passes = calc.n_forward_passes - passes0
+            for walker in docs:
+                walker.cache_key = key
+            return ExplorationBatchDocument(
+                explorations=docs,
+                batched=self.settings.ensemble == "nvt",
+                n_force_evaluations=passes // calc.size,
+                n_forward_passes=passes,
+                wall_seconds=time.perf_counter() - t0,
+                cache_key=key,
+            )
+
+        def reused(hit: dict) -> ExplorationBatchDocument:
             logger.info("exploration batch %s… reused from the cache", key[:12])
             doc = ExplorationBatchDocument.model_validate({**hit, "reused": True})
             for walker in doc.explorations:
                 walker.reused = True
             return doc
-        calc = EnsembleCalculator.from_document(
-            ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
+
+        return ResultCache.from_current_job().get_or_compute(
+            key, "exploration_batch", explore, reused, lambda doc: doc.model_dump()
         )
-        t0, passes0 = time.perf_counter(), calc.n_forward_passes
-        docs = run_exploration_walkers(
-            calc,
-            starts,
-            references,
-            temperatures,
-            n_new,
-            self.settings,
-            self.selection,
-            seeds,
-        )
-        passes = calc.n_forward_passes - passes0
-        for walker in docs:
-            walker.cache_key = key
-        doc = ExplorationBatchDocument(
-            explorations=docs,
-            batched=self.settings.ensemble == "nvt",
-            n_force_evaluations=passes // calc.size,
-            n_forward_passes=passes,
-            wall_seconds=time.perf_counter() - t0,
-            cache_key=key,
-        )
-        cache.put(key, "exploration_batch", doc.model_dump())
-        return doc

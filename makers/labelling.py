@@ -45,7 +45,7 @@ from ase.units import GPa
 from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from active_mlip.core.documents import Document
+from active_mlip.core.documents import Document, as_model, without_mson_keys
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
 from active_mlip.makers.schemas import DATA_FIELDS, LabelFailure, LabelledBatch, LabellerIdentity
@@ -405,7 +405,7 @@ def labeller_from_dict(data: dict[str, Any] | BaseModel) -> Any:
     if isinstance(data, _LabellerBase):
         return data
     if isinstance(data, dict):
-        data = {k: v for k, v in data.items() if not k.startswith("@")}
+        data = without_mson_keys(data)
     return _LABELLER_ADAPTER.validate_python(data)
 
 
@@ -495,11 +495,10 @@ def normalise_dft_output(
 
 
 def _as_frame(obj: Any) -> Frame:
-    if isinstance(obj, Frame):
-        return obj
-    if isinstance(obj, dict):
-        return Frame.model_validate({k: v for k, v in obj.items() if not k.startswith("@")})
-    raise ValueError(f"expected a Frame, got {type(obj).__name__}")
+    try:
+        return as_model(obj, Frame)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def validate_frames(frames: list[Frame], labeller: Any) -> None:

@@ -25,11 +25,13 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from active_mlip.core.environment import MACE_LAUNCH_ENV, environment
+
 #: Modules the fork server imports once; each run starts with them loaded.
 PRELOAD = ["torch", "e3nn.util.jit", "mace.cli.run_train"]
 
 #: Environment variable choosing how runs start: "forkserver" (default) or "subprocess".
-LAUNCH_ENV = "ACTIVE_MLIP_MACE_LAUNCH"
+LAUNCH_ENV = MACE_LAUNCH_ENV
 
 _lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
@@ -71,7 +73,7 @@ def _start_quietly() -> None:
 
 def launch_mode() -> str:
     """How runs start: ``"forkserver"`` or ``"subprocess"`` (``ACTIVE_MLIP_MACE_LAUNCH``)."""
-    mode = os.environ.get(LAUNCH_ENV, "forkserver").strip().lower() or "forkserver"
+    mode = (environment().mace_launch or "forkserver").strip().lower()
     if mode not in ("forkserver", "subprocess"):
         raise ValueError(f"{LAUNCH_ENV}={mode!r}: expected 'forkserver' or 'subprocess'")
     if mode == "forkserver" and "forkserver" not in multiprocessing.get_all_start_methods():

@@ -32,7 +32,7 @@ from ase.units import GPa
 from jobflow import JobConfig, Maker, job
 from pydantic import ConfigDict, Field
 
-from active_mlip.core.documents import Document
+from active_mlip.core.documents import Document, as_model
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
 from active_mlip.makers.labelling import (
@@ -264,10 +264,7 @@ class RelaxMaker(Maker):
 
     def __post_init__(self) -> None:
         self.labeller = labeller_from_dict(self.labeller)
-        if isinstance(self.settings, dict):
-            self.settings = RelaxationSettings.model_validate(
-                {k: v for k, v in self.settings.items() if not k.startswith("@")}
-            )
+        self.settings = as_model(self.settings, RelaxationSettings)
 
     @job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
     def make(self, frame: Frame) -> RelaxationDocument:
@@ -285,44 +282,49 @@ class RelaxMaker(Maker):
             If the relaxation does not converge.
         """
         check_can_relax(self.labeller)
-        if isinstance(frame, dict):
-            frame = Frame.model_validate({k: v for k, v in frame.items() if not k.startswith("@")})
+        frame = as_model(frame, Frame)
         validate_frames([frame], self.labeller)
         settings_hash = self.labeller.identity().settings_hash
         cache = ResultCache.from_current_job()
         key = relax_cache_key(frame, settings_hash, self.settings)
         stamp = {**{k: v for k, v in frame.info.items() if k != "labeller"}, "relaxed": True}
-        hit = cache.get(key)
-        if hit is not None:
+
+        def relax_now() -> RelaxationDocument:
+            doc = relax_structure(frame, self.labeller.get_calculator(), self.settings)
+            doc.frame = doc.frame.with_info(labeller=settings_hash)
+            doc.labeller_hash = settings_hash
+            out = doc.frame
+            # R0's label is a label like any other: the loop reuses it.
+            cache.put(
+                label_cache_key(out, settings_hash),
+                CACHE_KIND,
+                {
+                    "structure_hash": out.structure_hash(),
+                    "energy": out.energy,
+                    "forces": out.forces,
+                    "stress": out.stress,
+                },
+            )
+            logger.info(
+                "relaxed R0 in %d steps: max |F| %.3g -> %.3g eV/Å, E %.6f -> %.6f eV, "
+                "largest move %.3g Å",
+                doc.n_steps,
+                doc.max_force_before,
+                doc.max_force_after,
+                doc.energy_before,
+                doc.energy_after,
+                doc.max_displacement,
+            )
+            return doc
+
+        def reused(hit: dict) -> RelaxationDocument:
             doc = RelaxationDocument.model_validate(hit)
             # The cached frame carries the first request's info; this request's wins.
             relaxed = doc.frame.model_copy(
                 update={"info": {**stamp, "labeller": settings_hash}}, deep=True
             )
             return doc.model_copy(update={"frame": relaxed, "reused": True})
-        doc = relax_structure(frame, self.labeller.get_calculator(), self.settings)
-        doc.frame = doc.frame.with_info(labeller=settings_hash)
-        doc.labeller_hash = settings_hash
-        cache.put(key, RELAX_CACHE_KIND, doc.model_dump(mode="json"))
-        out = doc.frame
-        cache.put(
-            label_cache_key(out, settings_hash),
-            CACHE_KIND,
-            {
-                "structure_hash": out.structure_hash(),
-                "energy": out.energy,
-                "forces": out.forces,
-                "stress": out.stress,
-            },
+
+        return cache.get_or_compute(
+            key, RELAX_CACHE_KIND, relax_now, reused, lambda doc: doc.model_dump(mode="json")
         )
-        logger.info(
-            "relaxed R0 in %d steps: max |F| %.3g -> %.3g eV/Å, E %.6f -> %.6f eV, "
-            "largest move %.3g Å",
-            doc.n_steps,
-            doc.max_force_before,
-            doc.max_force_after,
-            doc.energy_before,
-            doc.energy_after,
-            doc.max_displacement,
-        )
-        return doc

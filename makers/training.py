@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -702,25 +701,86 @@ def train_member(
             "parent": None if parent is None else parent.model_file.sha256,
         }
     )
-    cache = ResultCache.from_current_job()
-    hit = cache.get(key)
-    if hit is not None:
+
+    def train_now() -> MemberDocument:
+        device = settings.resolved_device()
+        with tempfile.TemporaryDirectory(prefix=f"mace-member{index}-") as tmp:
+            workdir = Path(tmp)
+            parent_path = None if parent is None else parent.model_file.write(workdir / "p.model")
+            fitted, reasons = _fit_with_retry(
+                train, valid, e0s, settings, seed, workdir, parent_path, device
+            )
+            model = None
+            if fitted is not None:
+                model = Blob.from_bytes(fitted[0].read_bytes(), f"member{index}.model")
+        metrics = fitted[1] if fitted is not None else {}
+        doc = MemberDocument(
+            index=index,
+            subset=subset,
+            seed=seed,
+            model_file=model,
+            n_train=len(train),
+            n_valid=len(valid),
+            train_hashes=[f.structure_hash() for f in train],
+            metrics=metrics,
+            warm_started=parent is not None,
+            cache_key=key,
+            wall_seconds=time.perf_counter() - t0,
+            retried_with_seed=retry_seed(seed) if reasons else None,
+            failed=model is None,
+            failure="; ".join(reasons) if model is None else None,
+        )
+        if model is not None:
+            logger.info(
+                "member %d (subset %d, seed %d, %s, %s): %d train / %d valid frames, "
+                "%.0f epochs, valid RMSE E %.2f meV/atom F %.1f meV/Å, %.1f s",
+                index,
+                subset,
+                seed,
+                device,
+                why if parent is not None else f"from scratch ({why})",
+                len(train),
+                len(valid),
+                metrics.get("epochs", float("nan")),
+                metrics.get("valid_rmse_e_meV_per_atom", float("nan")),
+                metrics.get("valid_rmse_f_meV_per_A", float("nan")),
+                doc.wall_seconds,
+            )
+        return doc
+
+    def reused(hit: dict) -> MemberDocument:
         doc = MemberDocument(**{**hit, "reused": True, "wall_seconds": time.perf_counter() - t0})
         doc.model_file.to_bytes()  # verify before handing it on
         logger.info("member %d (subset %d, seed %d): reused from cache", index, subset, seed)
         return doc
 
-    workdir = Path(tempfile.mkdtemp(prefix=f"mace-member{index}-"))
-    parent_path = None
-    if parent is not None:
-        parent_path = parent.model_file.write(workdir / "parent.model")
-    device = settings.resolved_device()
-    # A member that diverges (NaN loss) or crashes is retried once with a derived seed;
-    # if that fails too, the member is returned marked failed (never cached) so the
-    # ensemble can go on without it.
-    seeds = [seed, retry_seed(seed)]
+    # A failed member is never cached: a rerun tries again.
+    return ResultCache.from_current_job().get_or_compute(
+        key,
+        "mace-member",
+        train_now,
+        reused,
+        lambda doc: None if doc.failed else doc.model_dump(exclude={"reused", "wall_seconds"}),
+    )
+
+
+def _fit_with_retry(
+    train: list[Frame],
+    valid: list[Frame],
+    e0s: dict[str, float],
+    settings: TrainingSettings,
+    seed: int,
+    workdir: Path,
+    parent_path: Path | None,
+    device: str,
+) -> tuple[tuple[Path, dict[str, float]] | None, list[str]]:
+    """Fit one member: ((model file, metrics) or None, reasons of failed attempts).
+
+    A member that diverges (NaN loss) or crashes is retried once with a derived seed
+    (:func:`retry_seed`); if that fails too, None: the ensemble goes on without it.
+    """
     reasons: list[str] = []
-    for attempt, attempt_seed in enumerate(seeds):
+    for attempt, attempt_seed in enumerate([seed, retry_seed(seed)]):
         run_dir = workdir / ("run" if attempt == 0 else f"retry{attempt}")
         try:
             model_path, metrics = run_mace_training(
@@ -730,65 +790,10 @@ def train_member(
         except RuntimeError as exc:  # MACE crashed; configuration errors still raise
             reason = str(exc)[-800:]
         if reason is None:
-            break
+            return (model_path, metrics), reasons
         reasons.append(f"seed {attempt_seed}: {reason}")
-        logger.warning(
-            "member %d (subset %d) training failed with seed %d: %s",
-            index,
-            subset,
-            attempt_seed,
-            reason,
-        )
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
-        return MemberDocument(
-            index=index,
-            subset=subset,
-            seed=seed,
-            model_file=None,
-            n_train=len(train),
-            n_valid=len(valid),
-            train_hashes=[f.structure_hash() for f in train],
-            warm_started=parent is not None,
-            cache_key=key,
-            retried_with_seed=seeds[1],
-            failed=True,
-            failure="; ".join(reasons),
-            wall_seconds=time.perf_counter() - t0,
-        )
-    doc = MemberDocument(
-        index=index,
-        subset=subset,
-        seed=seed,
-        model_file=Blob.from_bytes(model_path.read_bytes(), f"member{index}.model"),
-        n_train=len(train),
-        n_valid=len(valid),
-        train_hashes=[f.structure_hash() for f in train],
-        metrics=metrics,
-        warm_started=parent is not None,
-        cache_key=key,
-        reused=False,
-        wall_seconds=time.perf_counter() - t0,
-        retried_with_seed=seeds[1] if reasons else None,
-    )
-    cache.put(key, "mace-member", doc.model_dump(exclude={"reused", "wall_seconds"}))
-    shutil.rmtree(workdir, ignore_errors=True)
-    logger.info(
-        "member %d (subset %d, seed %d, %s, %s): %d train / %d valid frames, %.0f epochs, "
-        "valid RMSE E %.2f meV/atom F %.1f meV/Å, %.1f s",
-        index,
-        subset,
-        seed,
-        device,
-        why if parent is not None else f"from scratch ({why})",
-        len(train),
-        len(valid),
-        metrics.get("epochs", float("nan")),
-        metrics.get("valid_rmse_e_meV_per_atom", float("nan")),
-        metrics.get("valid_rmse_f_meV_per_A", float("nan")),
-        doc.wall_seconds,
-    )
-    return doc
+        logger.warning("training failed with seed %d: %s", attempt_seed, reason)
+    return None, reasons
 
 
 @job(data=DATA_FIELDS)

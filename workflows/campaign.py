@@ -154,20 +154,42 @@ class Campaign(Document):
             v["loop"]["trajectory"] = str(base / trajectory)
         return v
 
-    def build_settings(self) -> ActiveLearningSettings:
-        """The run settings every material of the campaign uses."""
-        overrides: dict[str, Any] = {k: dict(v) for k, v in self.settings.items()}
+    def build_settings(
+        self,
+        preset: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        label_budget: int | None = None,
+    ) -> ActiveLearningSettings:
+        """The run settings every material of the campaign uses: the one merge.
+
+        Every entry point (``active-mlip run --campaign``, ``active-mlip submit``) builds
+        settings here. Precedence, lowest to highest:
+
+        1. the preset: ``preset`` (the command line's ``--preset``) if given, else the
+           file's ``preset:``;
+        2. the campaign default: screening on (a campaign screens its materials and
+           sends the flagged ones on to active learning);
+        3. the file's ``settings:`` sections;
+        4. the file's top-level keys ``temperatures``, ``labeller``, ``routing``,
+           ``label_budget``;
+        5. the command line: ``overrides`` (per section, e.g. ``--temperatures``,
+           ``--seed``) and ``label_budget``.
+        """
+        sections: dict[str, Any] = {"screening": {"enabled": True}}
+        for key, values in self.settings.items():
+            sections[key] = {**sections.get(key, {}), **values}
+        loop = sections.setdefault("loop", {})
         if self.temperatures is not None:
-            overrides.setdefault("loop", {})["temperatures"] = list(self.temperatures)
+            loop["temperatures"] = list(self.temperatures)
         if self.labeller is not None:
-            overrides["labeller"] = self.labeller
-        overrides["routing"] = self.routing.model_dump()
-        if self.label_budget is not None:
-            overrides.setdefault("loop", {})["shared_budget"] = {
-                "name": self.name,
-                "total": self.label_budget,
-            }
-        return ActiveLearningSettings.from_preset(self.preset, **overrides)
+            sections["labeller"] = self.labeller
+        sections["routing"] = self.routing.model_dump()
+        budget = label_budget if label_budget is not None else self.label_budget
+        if budget is not None:
+            loop["shared_budget"] = {"name": self.name, "total": int(budget)}
+        for key, values in (overrides or {}).items():
+            sections[key] = {**sections.get(key, {}), **values}
+        return ActiveLearningSettings.from_preset(preset or self.preset, **sections)
 
 
 def _material_entry(text: str, base: Path) -> dict[str, str]:

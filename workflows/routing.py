@@ -59,10 +59,16 @@ def iter_jobs(obj: Job | Flow | list) -> list[Job]:
     return out
 
 
-def tag(obj: Job | Flow, kind: str, prefix: str | None = None) -> None:
-    """Mark every job of ``obj`` with ``kind`` (and prefix its name, for the GUI)."""
+def tag(
+    obj: Job | Flow, kind: str, prefix: str | None = None, iteration: int | None = None
+) -> None:
+    """Mark every job of ``obj`` with ``kind`` and the loop ``iteration`` it belongs to
+    (``active-mlip status`` reads both), and prefix its name, for the GUI."""
     for j in iter_jobs(obj):
-        j.metadata = {"kind": kind, **(j.metadata or {})}  # an inner maker's kind wins
+        meta = {"kind": kind, **(j.metadata or {})}  # an inner maker's kind wins
+        if iteration is not None:
+            meta["iteration"] = int(iteration)
+        j.metadata = meta
         if prefix and not j.name.startswith(prefix):
             j.name = f"{prefix} {j.name}"
 

@@ -14,10 +14,26 @@ from __future__ import annotations
 
 import difflib
 import logging
-from typing import Any
+from dataclasses import dataclass, field
 
-from active_mlip.stores.budget import LabelBudget
+from jobflow import Flow, JobConfig, Maker, Response, job
+
+from active_mlip.core.frames import Frame
+from active_mlip.makers.diagnostics import (
+    MLIPMinimaMaker,
+    ScreeningDocument,
+    frames_to_check,
+    judge,
+)
+from active_mlip.makers.exploration import ExplorationMaker, ExplorationSettings
+from active_mlip.makers.labelling import LabelMaker
+from active_mlip.makers.schemas import DATA_FIELDS
+from active_mlip.workflows import policy
+from active_mlip.workflows.iteration import IterationMaker, decoded, light
+from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
+from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
+from active_mlip.workflows.state import FrameSet, LoopRefs, LoopResult, LoopState, ScreeningSummary
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +90,159 @@ def select_materials(available: list[str], wanted: str | list[str] | None, campa
     return names
 
 
-def screening_settings(
-    preset: str, label_budget: int | None = None, campaign: str = SCREENING_112, **sections: Any
-) -> ActiveLearningSettings:
-    """A preset with screening enabled and, optionally, a shared label budget."""
-    sections = {k: dict(v) for k, v in sections.items()}
-    sections.setdefault("screening", {}).setdefault("enabled", True)
-    if label_budget is not None:
-        sections.setdefault("loop", {})["shared_budget"] = LabelBudget(
-            name=campaign, total=label_budget
-        ).model_dump()
-    return ActiveLearningSettings.from_preset(preset, **sections)
+#: Quota of the screening MD: never reached, the MD runs its full length.
+_NO_QUOTA = 10**9
+
+
+@dataclass
+class ScreeningMaker(Maker):
+    """The paper's screening of a first ensemble: short MLIP-MD, MLIP minima, reference checks.
+
+    The verdict job judges the ensemble (:func:`active_mlip.makers.diagnostics.judge`);
+    the gate then stops a material judged 'ok' and sends a flagged one on to active
+    learning (the :class:`~active_mlip.workflows.iteration.IterationMaker` it is given).
+
+    Parameters
+    ----------
+    name
+        Flow name suffix.
+    settings
+        The run's settings (``screening``, ``loop``, ``exploration``, ``selection``).
+    label_maker, exploration_maker, minima_maker
+        The stage Makers; ``None`` builds each from ``settings``.
+    """
+
+    name: str = "screening"
+    settings: ActiveLearningSettings = field(default_factory=ActiveLearningSettings)
+    label_maker: LabelMaker | None = None
+    exploration_maker: ExplorationMaker | None = None
+    minima_maker: MLIPMinimaMaker | None = None
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        if self.label_maker is None:
+            self.label_maker = LabelMaker(labeller=s.labeller)
+        if self.exploration_maker is None:
+            scr = s.screening
+            n_scored = max(1, scr.md_steps // s.exploration.loginterval)
+            # The screening MD is judged by its own diagnostics along the whole
+            # trajectory, from its first step: no equilibration or thermal window.
+            md = ExplorationSettings.model_validate(
+                {
+                    **s.exploration.model_dump(),
+                    "max_steps": scr.md_steps,
+                    "equilibration_ps": 0.0,
+                    "thermal_window_ps": 0.0,
+                    "sample_every": max(1, n_scored // scr.n_check),
+                }
+            )
+            self.exploration_maker = ExplorationMaker(settings=md, selection=s.selection)
+        if self.minima_maker is None:
+            self.minima_maker = MLIPMinimaMaker(settings=s.screening)
+
+    def make(self, state: LoopState, refs: LoopRefs, iteration: IterationMaker) -> Flow:
+        """Screen the ensemble of ``refs``; the gate continues with ``iteration`` if flagged."""
+        loop = self.settings.loop
+        material = state.material
+        links = link(refs)
+        links.name = f"{material} screening link"
+        tag(links, "glue", iteration=0)
+        state_ref = links.output["state"]
+        md = self.exploration_maker.make_walkers(
+            links.output["ensemble"],
+            [state_ref.starts[policy.tkey(t)] for t in loop.temperatures],
+            links.output["evaluation"].reference,
+            temperatures=list(loop.temperatures),
+            n_new=_NO_QUOTA,
+            seeds=[
+                policy.walker_seed(loop.seed, 0, k) + 500 for k in range(len(loop.temperatures))
+            ],
+        )
+        md.name = f"{material} screening MD"
+        tag(md, "exploration", iteration=0)
+        minima = self.minima_maker.make(links.output["ensemble"], md.output.explorations)
+        minima.name = f"{material} screening minima"
+        tag(minima, "exploration", iteration=0)
+        frames = frames_to_check(md.output.explorations, minima.output)
+        frames.name = f"{material} screening frames"
+        tag(frames, "glue", iteration=0)
+        label = self.label_maker.make(frames.output.frames)
+        label.name = f"{material} screening labels"
+        tag(label, "labelling", iteration=0)
+        verdict = judge(
+            material,
+            links.output["evaluation"],
+            md.output.explorations,
+            label.output,
+            links.output["fc"],
+            self.settings.screening,
+        )
+        verdict.name = f"{material} screening verdict"
+        tag(
+            verdict, "evaluation", iteration=0
+        )  # light; 'evaluation' so that status shows the verdict
+        gate = screening_gate(
+            verdict.output,
+            light(state),
+            state_ref.train,
+            state_ref.starts,
+            refs,
+            iteration,
+            verdict.uuid,
+        )
+        gate.name = f"{material} screening gate"
+        tag(gate, "controller", iteration=0)
+        jobs = [links, md, minima, frames, label, verdict, gate]
+        return Flow(jobs, output=gate.output, name=f"{material} screening")
+
+
+@job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
+def screening_gate(
+    screening: ScreeningDocument,
+    state: LoopState,
+    train: FrameSet,
+    starts: dict[str, Frame],
+    refs: LoopRefs,
+    iteration: IterationMaker,
+    screening_uuid: str,
+) -> Response | LoopResult:
+    """Stop a material judged 'ok'; send a flagged one on to active learning."""
+    iteration, refs = decoded(iteration), decoded(refs)
+    settings = iteration.settings
+    summary = ScreeningSummary(
+        verdict=screening.verdict,
+        flags=list(screening.flags),
+        evidence=[e.message for e in screening.evidence],
+        n_labels=screening.n_labels,
+        screening_uuid=screening_uuid,
+    )
+    state = state.model_copy(
+        update={"screening": summary, "labels_used": state.labels_used + screening.n_labels}
+    )
+    # Spent already: charged even if the pool is short.
+    draw_shared(
+        settings.loop.shared_budget, f"{state.material}:screening", screening.n_labels, True
+    )
+    full = state.model_copy(update={"train": train, "starts": starts})
+    if screening.verdict == "ok":
+        return LoopResult(
+            material=state.material,
+            converged=False,
+            stop_reason=f"screening: {screening.summary}; no active learning needed",
+            state=full,
+        )
+    stop = policy.stopping_reason(state, settings)
+    if stop is None and (why := shared_budget_stop(settings.loop.shared_budget)) is not None:
+        stop = (False, why)
+    if stop is not None:
+        converged, reason = stop
+        return LoopResult(
+            material=state.material,
+            converged=converged,
+            stop_reason=f"{reason} (screening: {screening.verdict})",
+            state=full,
+        )
+    logger.info("%s flagged (%s): active learning follows", state.material, screening.summary)
+    next_flow = iteration.make(state, refs)
+    route(next_flow, settings.routing)
+    return Response(replace=next_flow)

@@ -81,7 +81,13 @@ def run(
             "(omit with --campaign)."
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="Settings preset: tiny, quick or paper.")] = "quick",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Settings preset: tiny, quick or paper (default: quick, or a campaign "
+            "file's preset:)."
+        ),
+    ] = None,
     workdir: Annotated[
         Path | None, typer.Option(help="Work directory (default runs/<material>).")
     ] = None,
@@ -167,7 +173,7 @@ def run(
     if materials is not None or label_budget is not None:
         _fail("--materials and --label-budget need --campaign")
     try:
-        settings = ActiveLearningSettings.from_preset(preset, **sections)
+        settings = ActiveLearningSettings.from_preset(preset or "quick", **sections)
     except ValidationError as exc:
         pretty = _pretty_validation(exc).replace("Value error, ", "")
         _fail("invalid settings:\n" + escape(pretty))
@@ -215,7 +221,7 @@ def _pretty_validation(exc) -> str:
 def _run_campaign(
     campaign: str,
     materials: str | None,
-    preset: str,
+    preset: str | None,
     label_budget: int | None,
     overrides: dict,
     workdir: Path | None,
@@ -227,37 +233,18 @@ def _run_campaign(
 
     from active_mlip.app.local import RunConflictError
     from active_mlip.app.local_campaign import run_campaign_local
-    from active_mlip.workflows.screening import (
-        builtin_campaigns,
-        screening_settings,
-        select_materials,
-    )
+    from active_mlip.workflows.campaign import Campaign, CampaignError, load_campaign
+    from active_mlip.workflows.screening import builtin_campaigns, select_materials
 
     if label_budget is not None and label_budget < 1:
         _fail(f"--label-budget must be at least 1, got {label_budget}")
-    sources: dict[str, str] = {}
-    sections: dict = {k: dict(v) for k, v in overrides.items()}  # command line's, win below
     if campaign in builtin_campaigns():
-        name, available = campaign, builtin_campaigns()[campaign]
+        spec = Campaign(name=campaign, materials=campaign)
     elif Path(campaign).suffix in (".yaml", ".yml") or Path(campaign).is_file():
-        from active_mlip.workflows.campaign import CampaignError, load_campaign
-
         try:
             spec, _ = load_campaign(campaign)
         except CampaignError as exc:
             _fail(escape(str(exc)))
-        name = spec.name
-        available = [m.name for m in spec.materials]
-        sources = {m.name: m.structure for m in spec.materials if m.structure}
-        preset = spec.preset
-        for section, values in spec.settings.items():
-            sections[section] = {**values, **sections.get(section, {})}
-        if spec.temperatures is not None:
-            sections.setdefault("loop", {}).setdefault("temperatures", list(spec.temperatures))
-        if spec.labeller is not None:
-            sections["labeller"] = spec.labeller
-        if label_budget is None:
-            label_budget = spec.label_budget
     else:
         import difflib
 
@@ -268,9 +255,12 @@ def _run_campaign(
             f"unknown campaign {campaign!r}{hint} Built-in: {', '.join(known)}; "
             "or give a campaign YAML file"
         )
+    name = spec.name
+    sources = {m.name: m.structure for m in spec.materials if m.structure}
     try:
-        chosen = select_materials(available, materials, name)
-        settings = screening_settings(preset, label_budget, name, **sections)
+        chosen = select_materials([m.name for m in spec.materials], materials, name)
+        # The one campaign -> settings merge (its precedence: Campaign.build_settings).
+        settings = spec.build_settings(preset, overrides, label_budget)
     except ValidationError as exc:
         _fail("invalid settings:\n" + escape(_pretty_validation(exc)))
     except ValueError as exc:

@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 
 from active_mlip.app.console import console
+from active_mlip.core.environment import environment
 
 #: The FireWorks commands; :mod:`active_mlip.app.cli` adds them to ``active-mlip``.
 app = typer.Typer()
@@ -41,7 +42,7 @@ def _launchpad(timeout: float):
 
 
 def _default_worker_files() -> list[str]:
-    env = os.environ.get("ACTIVE_MLIP_WORKERS")
+    env = environment().workers
     if env:
         return [p for p in env.split(os.pathsep) if p]
     return sorted(glob.glob("launchers/fworker_*.yaml"))
@@ -240,17 +241,13 @@ def webgui(
     for any address other than loopback.
     """
     from active_mlip.app.workers import (
-        WEBGUI_PASSWORD_ENV,
-        WEBGUI_USER_ENV,
         serve_webgui,
         webgui_app,
     )
 
     lp = _launchpad(timeout)
     try:
-        gui = webgui_app(
-            lp, os.environ.get(WEBGUI_USER_ENV), os.environ.get(WEBGUI_PASSWORD_ENV), campaign
-        )
+        gui = webgui_app(lp, environment().webgui_username, environment().webgui_password, campaign)
         console.print(f"web GUI on http://{host}:{port}/")
         serve_webgui(gui, host=host, port=port, workers=workers)
     except ValueError as exc:

@@ -7,20 +7,23 @@ by :func:`load_launchpad`.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from active_mlip.stores.job_store import MONGO_URI_ENV, read_private_yaml
-from active_mlip.stores.mongo import DEPLOY_HINT, check_connection, redact_uri, uri_hosts
+from active_mlip.core.environment import LAUNCHPAD_ENV, MONGO_URI_ENV, environment
+from active_mlip.stores.mongo import (
+    DEPLOY_HINT,
+    check_connection,
+    read_private_yaml,
+    redact_uri,
+    uri_hosts,
+)
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad
 
 #: Environment variable naming a launchpad YAML (used instead of the URI for the LaunchPad).
-LAUNCHPAD_ENV = "ACTIVE_MLIP_LAUNCHPAD"
 #: Environment variable naming the FireWorks database (default: the URI's, else "fireworks").
-FW_DB_ENV = "ACTIVE_MLIP_FW_DB"
 
 
 def check_launchpad_file(path: str | Path) -> dict[str, Any]:
@@ -46,7 +49,7 @@ def launchpad_from_uri(uri: str, timeout_ms: int = 5000) -> LaunchPad:
         db = parse_uri(uri, validate=False).get("database")
     except Exception as exc:  # pymongo raises InvalidURI / ConfigurationError
         raise ValueError(f"invalid MongoDB URI {redact_uri(uri)!r}: {exc}") from exc
-    db = os.environ.get(FW_DB_ENV) or db or "fireworks"
+    db = environment().fw_db or db or "fireworks"
     return LaunchPad(
         host=uri,
         uri_mode=True,
@@ -78,8 +81,9 @@ def load_launchpad(
     """
     from fireworks import LaunchPad
 
-    path = path or (None if uri else os.environ.get(LAUNCHPAD_ENV))
-    uri = uri or os.environ.get(MONGO_URI_ENV)
+    env = environment()
+    path = path or (None if uri else env.launchpad)
+    uri = uri or env.mongo_uri
     if path:
         data = check_launchpad_file(path)
         kwargs = dict(data.get("mongoclient_kwargs") or {})

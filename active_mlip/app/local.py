@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from active_mlip.core.blobs import MANIFEST, write_manifest
+from active_mlip.core.documents import as_model
 from active_mlip.core.frames import Frame, write_extxyz
 from active_mlip.makers.schemas import EnsembleDocument, LabelledBatch, MemberDocument
 from active_mlip.stores.job_store import (
@@ -26,9 +27,10 @@ from active_mlip.stores.job_store import (
     store_unreachable,
 )
 from active_mlip.stores.mongo import DatabaseUnreachableError
-from active_mlip.workflows.active_learning import ActiveLearningMaker, LoopResult, ToppedUpBatch
+from active_mlip.workflows.active_learning import ActiveLearningMaker
 from active_mlip.workflows.materials import get_structure
 from active_mlip.workflows.settings import ActiveLearningSettings
+from active_mlip.workflows.state import LoopResult, ToppedUpBatch
 
 logger = logging.getLogger(__name__)
 
@@ -182,12 +184,7 @@ def run_local(
     return summary
 
 
-def _as_model(obj: Any, cls: type) -> Any:
-    if isinstance(obj, cls):
-        return obj
-    if isinstance(obj, dict):
-        return cls.model_validate({k: v for k, v in obj.items() if not k.startswith("@")})
-    raise TypeError(f"expected {cls.__name__}, got {type(obj).__name__}")
+_as_model = as_model
 
 
 def _count_work(responses: dict[str, dict[int, Any]]) -> dict[str, int]:

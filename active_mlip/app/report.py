@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from active_mlip.core.documents import without_mson_keys
 from active_mlip.makers.selection import ReferenceStatistics
 
 logger = logging.getLogger(__name__)
@@ -375,9 +376,7 @@ def _structure_section(state: Any) -> str:
 
 def _plain(obj: Any) -> Any:
     """A model, or its serialised dict without monty's '@' keys."""
-    if isinstance(obj, dict):
-        return {k: v for k, v in obj.items() if not k.startswith("@")}
-    return obj
+    return without_mson_keys(obj) if isinstance(obj, dict) else obj
 
 
 def _plateau_line(details: dict[str, Any]) -> str:

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
 _IT_RE = re.compile(r"\bit(\d+)\b")
 
 
+def _iteration_of(meta: dict[str, Any], name: str | None) -> int | None:
+    """The loop iteration a job belongs to: its metadata, else (older jobs) its name."""
+    it = meta.get("iteration")
+    if isinstance(it, int):
+        return it
+    m = _IT_RE.search(name or "")
+    return int(m.group(1)) if m else None
+
+
 @dataclass
 class MaterialStatus:
     """One row of ``active-mlip status``."""
@@ -47,9 +56,10 @@ def campaign_status(
     every firework's state). Iteration, labels, the latest test force MAE and the screening
     verdict come from the job outputs in ``store`` (when given), found by the campaign and
     material every job carries in its metadata, so the fireworks (whose specs hold the
-    serialised jobs) are not read at all: iteration = the highest ``itN`` among finished
-    evaluation/controller jobs; labels = labelled + failed frames of every labelling job.
-    Without a store only the iteration is read, from the completed fireworks.
+    serialised jobs) are not read at all: iteration = the highest ``metadata.iteration`` of
+    finished evaluation/controller jobs (older jobs: the ``itN`` in their name); labels =
+    labelled + failed frames of every labelling job. Without a store only the iteration is
+    read, from the completed fireworks.
     """
     q = workflow_query(campaign) if campaign else {"metadata.campaign": {"$exists": True}}
     wfs = list(lp.workflows.find(q, {"metadata": 1, "state": 1, "nodes": 1, "fw_states": 1}))
@@ -107,6 +117,7 @@ def _summaries_from_outputs(
         "metadata.campaign",
         "metadata.material",
         "metadata.kind",
+        "metadata.iteration",
         "output.n_labelled",
         "output.n_failed",
         "output.mae_forces_meV_per_A",
@@ -137,10 +148,12 @@ def _iterations_from_fireworks(lp: LaunchPad, wfs: list[dict[str, Any]]) -> list
     wanted = {"state": "COMPLETED", "spec.kind": {"$in": ["evaluation", "controller"]}}
     population = sum(len(wf["nodes"]) for wf in wfs)
     best: dict[int, int] = {}
-    for fw in _find_ids(lp.fireworks, list(owner), wanted, {"fw_id": 1, "name": 1}, population):
+    projection = {"fw_id": 1, "name": 1, "spec.iteration": 1}
+    for fw in _find_ids(lp.fireworks, list(owner), wanted, projection, population):
         i = owner.get(fw["fw_id"])
-        if i is not None and (m := _IT_RE.search(fw["name"])):
-            best[i] = max(best.get(i, -1), int(m.group(1)))
+        it = _iteration_of(fw.get("spec") or {}, fw.get("name"))
+        if i is not None and it is not None:
+            best[i] = max(best.get(i, -1), it)
     return [(best.get(i), 0, None, None) for i in range(len(wfs))]
 
 
@@ -186,14 +199,15 @@ def _summarise_outputs(outputs: list[dict[str, Any]]) -> _Summary:
     best: tuple[int, float] | None = None
     for doc in outputs:
         out = doc.get("output") or {}
-        kind = (doc.get("metadata") or {}).get("kind")
-        m = _IT_RE.search(doc.get("name") or "")
-        it = int(m.group(1)) if m else -1
+        meta = doc.get("metadata") or {}
+        kind = meta.get("kind")
+        found = _iteration_of(meta, doc.get("name"))
+        it = -1 if found is None else found
         if isinstance(out.get("verdict"), str):  # the screening verdict job
             verdict = out["verdict"]
         if kind == "labelling" and isinstance(out.get("n_labelled"), int):
             labels += out["n_labelled"] + int(out.get("n_failed") or 0)
-        if kind in ("evaluation", "controller") and m:
+        if kind in ("evaluation", "controller") and found is not None:
             iteration = it if iteration is None else max(iteration, it)
         if kind == "evaluation" and out.get("mae_forces_meV_per_A") is not None:
             if best is None or it >= best[0]:

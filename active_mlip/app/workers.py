@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from active_mlip.app.launchpad import load_launchpad
 from active_mlip.app.submit import workflow_query
-from active_mlip.stores.job_store import MONGO_URI_ENV
+from active_mlip.core.environment import (
+    MONGO_URI_ENV,
+    WEBGUI_PASSWORD_ENV,
+    WEBGUI_USER_ENV,
+    environment,
+)
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad
 
 #: Web GUI basic-auth credentials.
-WEBGUI_USER_ENV = "ACTIVE_MLIP_WEBGUI_USERNAME"
-WEBGUI_PASSWORD_ENV = "ACTIVE_MLIP_WEBGUI_PASSWORD"
 
 
 def run_worker(
@@ -35,7 +37,7 @@ def run_worker(
     from fireworks.core.rocket_launcher import rapidfire
 
     lp = lp or load_launchpad()
-    if not os.environ.get(MONGO_URI_ENV):
+    if not environment().mongo_uri:
         raise ValueError(f"workers need {MONGO_URI_ENV} for the job store (launchers/README.md)")
     rapidfire(
         lp,

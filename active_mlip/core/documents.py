@@ -9,7 +9,7 @@ specs and the job store.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -27,6 +27,29 @@ def _plain(value: Any) -> Any:
     return jsanitize(value, strict=True)
 
 
+def without_mson_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` without monty's ``@module``/``@class``/``@version`` keys."""
+    return {k: v for k, v in d.items() if not k.startswith("@")}
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def as_model(obj: Any, cls: type[M]) -> M:
+    """``obj`` as a ``cls``: runners (FireWorks) may hand a model over as its MSON dict.
+
+    Raises
+    ------
+    TypeError
+        For anything that is neither a ``cls`` nor a dict.
+    """
+    if isinstance(obj, cls):
+        return obj
+    if isinstance(obj, dict):
+        return cls.model_validate(without_mson_keys(obj))
+    raise TypeError(f"expected {cls.__name__}, got {type(obj).__name__}")
+
+
 class Document(BaseModel):
     """A pydantic model that is also MSONable."""
 
@@ -41,4 +64,4 @@ class Document(BaseModel):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Any:
         """Rebuild from :meth:`as_dict` output (``@`` keys are ignored)."""
-        return cls.model_validate({k: v for k, v in d.items() if not k.startswith("@")})
+        return cls.model_validate(without_mson_keys(d))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from maggma.core import Store
+
+T = TypeVar("T")
 
 
 class ResultCache:
@@ -50,3 +53,27 @@ class ResultCache:
 
         doc = {"cache_key": key, "kind": kind, "payload": jsanitize(payload, strict=True)}
         self.store.update([doc], key="cache_key")
+
+    def get_or_compute(
+        self,
+        key: str,
+        kind: str,
+        compute: Callable[[], T],
+        load: Callable[[dict[str, Any]], T],
+        dump: Callable[[T], dict[str, Any] | None],
+    ) -> T:
+        """The result stored under ``key`` (``load(payload)``), else ``compute()``'s.
+
+        A computed result is stored (``dump(result)``; ``None``: not stored, e.g. a
+        failure a rerun should retry) before it is returned, so an interrupted run never
+        computes it again. The one cache-or-compute step of every stage whose result is
+        keyed by content (explorations, relaxations, members).
+        """
+        payload = self.get(key)
+        if payload is not None:
+            return load(payload)
+        result = compute()
+        data = dump(result)
+        if data is not None:
+            self.put(key, kind, data)
+        return result

@@ -16,7 +16,6 @@ in a store config file) switches the documents to MongoDB and the large objects
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,12 +25,8 @@ from maggma.core import Store
 from pydantic import Field
 
 from active_mlip.core.documents import Document
-from active_mlip.stores.mongo import MONGO_URI_ENV, read_private_yaml, uri_hosts
-
-#: Environment variable naming the MongoDB database.
-MONGO_DB_ENV = "ACTIVE_MLIP_MONGO_DB"
-#: Environment variable naming a YAML store file (``mongo_uri``, ``database``, ``prefix``).
-STORE_FILE_ENV = "ACTIVE_MLIP_STORE_FILE"
+from active_mlip.core.environment import MONGO_URI_ENV, STORE_FILE_ENV, environment
+from active_mlip.stores.mongo import read_private_yaml, uri_hosts
 
 
 class StoreSettings(Document):
@@ -57,10 +52,11 @@ class StoreSettings(Document):
 
     def resolved_uri(self) -> str | None:
         """The MongoDB URI in force, or ``None`` for the file-backed default."""
-        if self.mongo_uri or os.environ.get(MONGO_URI_ENV):
-            return self.mongo_uri or os.environ.get(MONGO_URI_ENV)
-        if os.environ.get(STORE_FILE_ENV):
-            return read_private_yaml(os.environ[STORE_FILE_ENV], "store").get("mongo_uri")
+        env = environment()
+        if self.mongo_uri or env.mongo_uri:
+            return self.mongo_uri or env.mongo_uri
+        if env.store_file:
+            return read_private_yaml(env.store_file, "store").get("mongo_uri")
         return None
 
 
@@ -156,7 +152,7 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     if uri:
         from maggma.stores import GridFSStore, MongoStore
 
-        db = os.environ.get(MONGO_DB_ENV, settings.database)
+        db = environment().mongo_db or settings.database
         kw = {"database": db}
         if settings.server_selection_timeout_ms:
             kw["mongoclient_kwargs"] = {
@@ -187,7 +183,7 @@ def store_location(settings: StoreSettings) -> str:
     uri = settings.resolved_uri()
     if not uri:
         return f"the file store in {settings.local_path}"
-    db = os.environ.get(MONGO_DB_ENV, settings.database)
+    db = environment().mongo_db or settings.database
     return f"MongoDB database {db!r} at {uri_hosts(uri)}"
 
 

@@ -9,8 +9,7 @@ from typing import Any
 
 import yaml
 
-#: Environment variable holding a MongoDB URI (with credentials); never commit one.
-MONGO_URI_ENV = "ACTIVE_MLIP_MONGO_URI"
+from active_mlip.core.environment import MONGO_URI_ENV
 
 logger = logging.getLogger(__name__)
 

@@ -168,13 +168,13 @@ def _own_env(monkeypatch):
 @pytest.fixture(scope="module")
 def jongodb():
     from benchmarks.orchestration_overhead import start_jongodb, stop_jongodb
-    from tests.fireworks.conftest import _jongodb_binary
+    from tests.mongo import jongodb_binary, unavailable
 
-    # The FireWorks tests' lookup, which installs jongodb with npm when it is missing: on
-    # a fresh clone these tests run before tests/fireworks/ would have installed it.
-    binary, why = _jongodb_binary()
+    # The tests' lookup, which installs jongodb with npm when it is missing: on a fresh
+    # clone these tests may run before any other test installed it.
+    binary, why = jongodb_binary()
     if binary is None:
-        pytest.skip(f"no MongoDB wire-protocol server: {why}")
+        unavailable(why)
     proc, uri = start_jongodb()
     yield uri
     stop_jongodb(proc)

@@ -23,7 +23,7 @@ from active_mlip.makers.selection import (
     split_by_temperature,
     uncertainty_probability,
 )
-from tests.makers.test_exploration import ACCEPT_ALL, ACCEPT_NONE, ZS, spring_calc, stats
+from tests.makers.helpers_exploration import ACCEPT_ALL, ACCEPT_NONE, ZS, spring_calc, stats
 from tests.models import PairModel
 
 

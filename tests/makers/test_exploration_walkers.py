@@ -16,7 +16,7 @@ from active_mlip.makers.exploration import (
     run_exploration,
     run_exploration_walkers,
 )
-from tests.makers.test_exploration import (
+from tests.makers.helpers_exploration import (
     ACCEPT_ALL,
     ACCEPT_NONE,
     mace_calc,

@@ -15,7 +15,7 @@ import pytest
 
 from active_mlip.makers import mace_runner
 from active_mlip.makers.training import TrainingSettings, run_mace_training
-from tests.makers.test_training import E0S, emt_frames
+from tests.makers.helpers_training import E0S, emt_frames
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_fork_server_keeps_its_import_warnings_off_the_terminal(tmp_path):
     code = (
         "import sys; from pathlib import Path; "
         "from active_mlip.makers.training import TrainingSettings, run_mace_training; "
-        "from tests.makers.test_training import E0S, emt_frames; "
+        "from tests.makers.helpers_training import E0S, emt_frames; "
         "f = emt_frames(4); s = TrainingSettings.preset('tiny', max_num_epochs=1); "
         "run_mace_training(f[:3], f[3:], E0S, s, 1, Path(sys.argv[1]), device='cpu')"
     )

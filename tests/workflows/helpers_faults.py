@@ -18,15 +18,17 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from chgnet.model import CHGNet
 from chgnet.model.dynamics import CHGNetCalculator
+
+from active_mlip.stores.job_store import StoreSettings, make_job_store
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -335,35 +337,35 @@ def _close(*socks: socket.socket) -> None:
             pass
 
 
-def start_jongodb(log: Path) -> tuple[subprocess.Popen, int]:
-    """A fresh in-memory MongoDB wire-protocol server; skips the test when there is none."""
-    import pytest
+# -- the database goes away -------------------------------------------------------------
+def _blob_uuids(obj: Any) -> set[str]:
+    if isinstance(obj, dict):
+        if "blob_uuid" in obj and "store" in obj:
+            return {obj["blob_uuid"]}
+        return set().union(*(_blob_uuids(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_blob_uuids(v) for v in obj)) if obj else set()
+    return set()
+
+
+def assert_nothing_half_written(uri: str, database: str) -> dict[str, int]:
+    """Every job document's data-store parts exist; every cache entry has its payload."""
     from pymongo import MongoClient
 
-    from tests.fireworks.conftest import _jongodb_binary
-    from tests.fireworks.helpers import free_port
-
-    binary, why = _jongodb_binary()
-    if binary is None:
-        pytest.skip(f"no MongoDB wire-protocol server: {why}")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--host=127.0.0.1", f"--port={port}"],
-        stdout=open(log, "w"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.time() + 60
-    while True:
-        if proc.poll() is not None:
-            pytest.skip(f"jongodb exited with {proc.returncode}; see {log}")
-        try:
-            MongoClient(f"mongodb://127.0.0.1:{port}", serverSelectionTimeoutMS=500).admin.command(
-                "ping"
-            )
-            return proc, port
-        except Exception:
-            if time.time() > deadline:
-                proc.kill()
-                pytest.skip(f"jongodb did not accept connections on port {port} within 60 s")
-            time.sleep(0.2)
+    db = MongoClient(uri, serverSelectionTimeoutMS=5000)[database]
+    data = {d["metadata"]["blob_uuid"] for d in db["active_mlip_data.files"].find({}, ["metadata"])}
+    jobs = list(db["active_mlip_jobs"].find({}, ["uuid", "name", "output"]))
+    for doc in jobs:
+        missing = _blob_uuids(doc.get("output")) - data
+        assert not missing, f"{doc['name']}: data-store parts {missing} missing"
+    store = make_job_store(StoreSettings(mongo_uri=uri, database=database))
+    store.connect()
+    cache = store.additional_stores["cache"]
+    keys = []
+    for entry in cache.query({}):  # reads every GridFS file in full
+        assert entry.get("payload") is not None, entry.get("cache_key")
+        keys.append(entry["cache_key"])
+    assert len(keys) == len(set(keys))
+    n_files = db["active_mlip_cache.files"].count_documents({})
+    assert n_files == len(keys)
+    return {"jobs": len(jobs), "cache": len(keys)}

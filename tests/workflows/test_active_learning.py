@@ -19,14 +19,10 @@ import pytest
 from ase.io import read
 
 from active_mlip.app.local import RunConflictError, run_local
-from active_mlip.workflows.active_learning import (
-    IterationRecord,
-    LoopState,
-    plateau,
-    stopping_reason,
-)
 from active_mlip.workflows.materials import get_structure
+from active_mlip.workflows.policy import plateau, stopping_reason
 from active_mlip.workflows.settings import ActiveLearningSettings
+from tests.workflows.helpers_loop import cu_frame, exploration_doc, loop_state
 
 ITERATION_FIELDS = {
     "n_train",
@@ -230,42 +226,6 @@ def test_built_in_structures():
     assert agse.get_space_group_info()[1] == 122
 
 
-def _record(i: int, mae: float, n_selected: int = 5, u_std: float = 0.01) -> IterationRecord:
-    return IterationRecord(
-        iteration=i,
-        n_train=10,
-        n_test=5,
-        n_selected=n_selected,
-        test_mae_energy_meV_per_atom=1.0,
-        test_mae_forces_meV_per_A=mae,
-        uncertainty_key="force_max",
-        uncertainty_mean=0.1,
-        uncertainty_std=u_std,
-        wall_seconds=1.0,
-        finished_at=0.0,
-        ensemble_uuid="e",
-        evaluation_uuid="v",
-    )
-
-
-def _state(maes: list[float], u_stds: list[float] | None = None, labels: int = 10) -> LoopState:
-    from active_mlip.workflows.active_learning import FrameSet
-
-    u_stds = u_stds or [0.01] * len(maes)
-    return LoopState(
-        material="X",
-        iteration=len(maes) - 1,
-        train=FrameSet(),
-        e0s={},
-        starts={},
-        history=[_record(i, m, u_std=u) for i, (m, u) in enumerate(zip(maes, u_stds, strict=True))],
-        labels_used=labels,
-        fc_uuid="f",
-        test_uuid="t",
-        started_at=0.0,
-    )
-
-
 def test_convergence_is_a_plateau_of_force_mae_and_sigma_u():
     s = ActiveLearningSettings.from_preset(
         "tiny",
@@ -278,65 +238,51 @@ def test_convergence_is_a_plateau_of_force_mae_and_sigma_u():
         },
     )
     # Last 3 MAEs 40.0, 39.2, 38.8: range 1.2/40 = 3 %; σ_U flat: converged, with the numbers.
-    done = stopping_reason(_state([50.0, 40.0, 39.2, 38.8]), s)
+    done = stopping_reason(loop_state([50.0, 40.0, 39.2, 38.8]), s)
     assert done is not None and done[0] is True
     assert "iterations 1-3" in done[1] and "3.0%" in done[1] and "38.8-40.0 meV/Å" in done[1]
-    p = plateau(_state([50.0, 40.0, 39.2, 38.8]).history, s.loop)
+    p = plateau(loop_state([50.0, 40.0, 39.2, 38.8]).history, s.loop)
     assert p["plateau"] and p["force_mae_range"] == pytest.approx(1.2 / 40.0)
     assert p["iterations"] == [1, 2, 3]
     # The MAE has plateaued but σ_U still falls by 20 %: go on.
-    moving = _state([50.0, 40.0, 39.2, 38.8], u_stds=[0.02, 0.015, 0.013, 0.012])
+    moving = loop_state([50.0, 40.0, 39.2, 38.8], u_stds=[0.02, 0.015, 0.013, 0.012])
     assert plateau(moving.history, s.loop)["uncertainty_std_range"] == pytest.approx(0.2)
     assert stopping_reason(moving, s) is None
     # The MAE still drops by 20 % over the window: go on (the old rule called this converged
     # when an exploration happened to accept nothing).
-    assert stopping_reason(_state([50.0, 40.0, 32.0]), s) is None
+    assert stopping_reason(loop_state([50.0, 40.0, 32.0]), s) is None
     # Fewer iterations than the window: never converged.
-    assert stopping_reason(_state([40.0, 40.0]), s) is None
+    assert stopping_reason(loop_state([40.0, 40.0]), s) is None
     # Budget spent.
-    out = stopping_reason(_state([50.0, 40.0], labels=100), s)
+    out = stopping_reason(loop_state([50.0, 40.0], labels=100), s)
     assert out == (False, "label budget (100) used: 100 labels")
     # Iteration cap.
     capped = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 2})
-    assert stopping_reason(_state([50.0, 40.0]), capped)[1].startswith("max_iter")
-
-
-def _exploration(temperature: float, n_scored: int, frames: list, md_ps: float, **extra):
-    from active_mlip.makers.exploration import ExplorationDocument
-    from active_mlip.makers.selection import ReferenceStatistics
-
-    ref = ReferenceStatistics(
-        key="force_max", u_mean=0.05, u_std=0.01, e_mean=-200.0, e_std=0.25, n_frames=20
-    )
-    return ExplorationDocument.model_construct(
-        temperature=temperature,
-        n_scored=n_scored,
-        n_accepted=len(frames),
-        n_precursors=0,
-        frames=frames,
-        md_ps=md_ps,
-        equilibration_steps=100,
-        acceptance_reference=ref,
-        energy_reference_source="thermal-md",
-        stopped_by="budget",
-        blowup=None,
-        **extra,
-    )
+    assert stopping_reason(loop_state([50.0, 40.0]), capped)[1].startswith("max_iter")
 
 
 def test_an_empty_exploration_stops_before_retraining_and_says_how_much_md_it_ran():
     from jobflow import Flow, Response
 
-    from active_mlip.workflows.active_learning import Candidates, FrameSet, proceed
+    from active_mlip.workflows.iteration import IterationMaker, proceed
+    from active_mlip.workflows.state import Candidates, FrameSet, LoopRefs
 
     s = ActiveLearningSettings.from_preset(
         "tiny", loop={"max_iterations": 10}, selection={"shift": 2.0}
     )
-    state = _state([50.0, 40.0]).model_copy(update={"e0s": {"Cu": -0.5}})
-    uuids = {"state": "s", "ensemble": "e", "evaluation": "v", "fc": "f", "initial": "i"}
-    uuids |= {"collect": "c", "explore0": "x"}
-    empty = [_exploration(300.0, 170, [], 8.0)]
-    out = proceed.original(Candidates(frames=[]), empty, state, FrameSet(), {}, s, uuids, False)
+    state = loop_state([50.0, 40.0]).model_copy(update={"e0s": {"Cu": -0.5}})
+    refs = LoopRefs(
+        state="s",
+        ensemble="e",
+        evaluation="v",
+        fc="f",
+        initial="i",
+        collect="c",
+        explorations=["x"],
+    )
+    iteration = IterationMaker(settings=s)
+    empty = [exploration_doc(300.0, 170, [], 8.0)]
+    out = proceed.original(Candidates(frames=[]), empty, state, FrameSet(), {}, refs, iteration)
     assert out.converged is False
     assert out.stop_reason.startswith("no frame accepted in 8 ps of MLIP-MD at 300 K")
     assert "170 frames scored against Ū + s·σ_U = 0.07" in out.stop_reason
@@ -345,9 +291,9 @@ def test_an_empty_exploration_stops_before_retraining_and_says_how_much_md_it_ra
     assert last.acceptance_statistics["300"]["u_threshold"] == pytest.approx(0.05 + 2 * 0.01)
     assert out.stop_details["acceptance_statistics"]["300"]["e_knee"] == pytest.approx(-199.75)
     # With frames to label: label, top up, merge, then train, evaluate and decide.
-    found = [_exploration(300.0, 40, [_cu(0)], 1.3)]
+    found = [exploration_doc(300.0, 40, [cu_frame(0)], 1.3)]
     nxt = proceed.original(
-        Candidates(frames=[_cu(0)]), found, state, FrameSet(), {}, s, uuids, False
+        Candidates(frames=[cu_frame(0)]), found, state, FrameSet(), {}, refs, iteration
     )
     assert isinstance(nxt, Response) and isinstance(nxt.replace, Flow)
     names = [j.name for j in nxt.replace.jobs]
@@ -389,28 +335,18 @@ def test_several_temperatures_explore_as_one_batched_job(tmp_path):
     assert by_t["600"]["e_mean"] != by_t["300"]["e_mean"]
 
 
-# -- faults ------------------------------------------------------------------------------
-def _cu(seed: int, **info):
-    from ase.build import bulk
-
-    from active_mlip.core.frames import Frame
-
-    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
-    atoms.rattle(stdev=0.03, seed=seed)
-    return Frame.from_atoms(atoms, **info)
-
-
 def test_failed_single_points_are_replaced_from_the_reserve(tmp_path):
     from jobflow import Flow, run_locally
 
     from active_mlip.makers.labelling import ASECalculatorLabeller, LabelMaker
     from active_mlip.stores.job_store import StoreSettings, make_job_store
-    from active_mlip.workflows.active_learning import ToppedUpBatch, top_up
+    from active_mlip.workflows.jobs import top_up
+    from active_mlip.workflows.state import ToppedUpBatch
 
     labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
-    primary = [_cu(0, rank=0), _cu(1, rank=1, fail="raise"), _cu(2, rank=2)]
+    primary = [cu_frame(0, rank=0), cu_frame(1, rank=1, fail="raise"), cu_frame(2, rank=2)]
     # Next best: the first replacement fails too, the second succeeds, the third is spare.
-    reserve = [_cu(3, rank=3, fail="raise"), _cu(4, rank=4), _cu(5, rank=5)]
+    reserve = [cu_frame(3, rank=3, fail="raise"), cu_frame(4, rank=4), cu_frame(5, rank=5)]
     store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
 
     def run() -> ToppedUpBatch:
@@ -436,14 +372,14 @@ def test_failed_single_points_are_replaced_from_the_reserve(tmp_path):
 
 def test_no_top_up_when_every_frame_failed_or_quota_met():
     from active_mlip.makers.labelling import ASECalculatorLabeller, label_in_process
-    from active_mlip.workflows.active_learning import top_up
+    from active_mlip.workflows.jobs import top_up
 
     labeller = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
-    reserve = [_cu(4), _cu(5)]
-    all_failed = label_in_process([_cu(0, fail="raise"), _cu(1, fail="raise")], labeller)
+    reserve = [cu_frame(4), cu_frame(5)]
+    all_failed = label_in_process([cu_frame(0, fail="raise"), cu_frame(1, fail="raise")], labeller)
     out = top_up.original([all_failed], reserve, 2, labeller)
     assert (out.n_requested, out.n_labelled, out.n_requested_here) == (2, 0, 0)
-    fine = label_in_process([_cu(0), _cu(1)], labeller)
+    fine = label_in_process([cu_frame(0), cu_frame(1)], labeller)
     out = top_up.original([fine], reserve, 2, labeller)
     assert (out.n_requested, out.n_labelled, out.n_requested_here) == (2, 2, 0)
 
@@ -456,12 +392,12 @@ def test_dft_replacements_become_a_label_job_and_another_top_up():
         Atomate2Labeller,
         label_in_process,
     )
-    from active_mlip.workflows.active_learning import top_up
+    from active_mlip.workflows.jobs import top_up
 
     emt = ASECalculatorLabeller(calculator="tests.makers.helpers_labelling.FailingEMT")
-    batch = label_in_process([_cu(0), _cu(1, fail="raise"), _cu(2)], emt)
+    batch = label_in_process([cu_frame(0), cu_frame(1, fail="raise"), cu_frame(2)], emt)
     dft = Atomate2Labeller(code="cp2k")
-    out = top_up.original([batch], [_cu(3), _cu(4), _cu(5)], 3, dft)
+    out = top_up.original([batch], [cu_frame(3), cu_frame(4), cu_frame(5)], 3, dft)
     assert isinstance(out, Response) and isinstance(out.replace, Flow)
     label, nxt = out.replace.jobs
     assert len(label.function_args[0]) == 1  # exactly the one missing frame
@@ -471,9 +407,9 @@ def test_dft_replacements_become_a_label_job_and_another_top_up():
 
 def test_collect_keeps_the_next_best_as_reserve():
     from active_mlip.makers.exploration import ExplorationDocument
-    from active_mlip.workflows.active_learning import collect_candidates
+    from active_mlip.workflows.jobs import collect_candidates
 
-    frames = [_cu(i, uncertainty=u) for i, u in enumerate([0.3, 0.9, 0.1, 0.5, 0.7])]
+    frames = [cu_frame(i, uncertainty=u) for i, u in enumerate([0.3, 0.9, 0.1, 0.5, 0.7])]
     doc = ExplorationDocument.model_construct(frames=frames)
     out = collect_candidates.original([doc], 2, 0, None)
     assert [f.info["uncertainty"] for f in out.frames] == [0.9, 0.7]
@@ -485,7 +421,7 @@ def test_collect_keeps_the_next_best_as_reserve():
 
 def test_labeller_failing_every_frame_stops_the_loop():
     s = ActiveLearningSettings.from_preset("tiny", loop={"max_iterations": 10})
-    state = _state([50.0, 40.0])
+    state = loop_state([50.0, 40.0])
     history = list(state.history)
     history[0] = history[0].model_copy(
         update={
@@ -537,21 +473,21 @@ def test_dft_labeller_cannot_relax_before_any_job():
 
 
 def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
-    import active_mlip.workflows.active_learning as al
+    import active_mlip.workflows.jobs as al
     from active_mlip.makers.schemas import LabelledBatch, LabellerIdentity
-    from active_mlip.makers.training import TrainingSettings
-    from active_mlip.workflows.active_learning import FrameSet, merge
+    from active_mlip.workflows.jobs import merge
+    from active_mlip.workflows.state import ExplorationOutcome, FrameSet
 
     monkeypatch.setattr(al, "_calibration", lambda ensemble, frames: [])  # needs no models
-    r0 = _cu(0).unlabelled()
-    state = _state([50.0]).model_copy(
+    r0 = cu_frame(0).unlabelled()
+    state = loop_state([50.0]).model_copy(
         update={"r0": r0, "starts": {"300": r0.with_info(temperature=300.0)}}
     )
-    last = _cu(7).unlabelled().with_info(temperature=300.0, velocities=[[0.1, 0, 0]] * 4)
-    explored = _exploration(300.0, 40, [], 1.0, last_frame=last)
+    last = cu_frame(7).unlabelled().with_info(temperature=300.0, velocities=[[0.1, 0, 0]] * 4)
+    explored = exploration_doc(300.0, 40, [], 1.0, last_frame=last)
 
     def labelled(offset_meV_per_atom: float):
-        f = _cu(3)
+        f = cu_frame(3)
         e = -4.0  # the reference's energy of the 4-atom frame; the ensemble said less
         f = f.model_copy(update={"energy": e, "forces": [[0.0, 0.0, 0.0]] * 4})
         mlip = e - offset_meV_per_atom * 4 / 1000
@@ -564,23 +500,26 @@ def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
             n_failed=0,
         )
 
+    settings = ActiveLearningSettings.from_preset(
+        "tiny", loop={"restart_error_meV_per_atom": 50.0, "seed": 0}
+    )
+
     def run(offset: float):
         return merge.original(
-            state.model_copy(update={"train": FrameSet(frames=[_cu(1), _cu(2)])}),
+            state.model_copy(update={"train": FrameSet(frames=[cu_frame(1), cu_frame(2)])}),
+            state,
             labelled(offset),
             [explored],
             None,
-            TrainingSettings.preset("tiny"),
-            0,
-            history=state.history,
-            restart_error=50.0,
+            settings,
+            ExplorationOutcome(),
         )
 
     near = run(10.0)  # 10 meV/atom off: the walker continues where it stopped
     assert near.starts["300"].positions == last.positions
-    assert near.pending["restarts"] == {}
+    assert near.pending.restarts == {}
     far = run(120.0)  # 120 meV/atom off: a hallucinated basin; back to R0, no velocities
     assert far.starts["300"].positions == r0.positions
     assert "velocities" not in far.starts["300"].info
     assert far.starts["300"].info["temperature"] == 300.0
-    assert far.pending["restarts"]["300"].startswith("a labelled frame's energy was 120 meV/atom")
+    assert far.pending.restarts["300"].startswith("a labelled frame's energy was 120 meV/atom")

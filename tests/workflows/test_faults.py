@@ -26,14 +26,15 @@ from active_mlip.core.frames import Frame
 from active_mlip.stores.job_store import StoreSettings, make_job_store
 from active_mlip.stores.mongo import DatabaseUnreachableError
 from active_mlip.workflows.settings import ActiveLearningSettings
+from tests.mongo import start_jongodb
 from tests.workflows.helpers_faults import (
     TcpProxy,
     Trigger,
     armed,
+    assert_nothing_half_written,
     killed_run,
     label_log,
     read_label_log,
-    start_jongodb,
 )
 
 
@@ -117,40 +118,6 @@ def test_sigkill_in_a_stage_resumes_to_the_same_dataset(reference, tmp_path, sta
     )
 
 
-# -- the database goes away -------------------------------------------------------------
-def _blob_uuids(obj: Any) -> set[str]:
-    if isinstance(obj, dict):
-        if "blob_uuid" in obj and "store" in obj:
-            return {obj["blob_uuid"]}
-        return set().union(*(_blob_uuids(v) for v in obj.values())) if obj else set()
-    if isinstance(obj, list):
-        return set().union(*(_blob_uuids(v) for v in obj)) if obj else set()
-    return set()
-
-
-def _assert_nothing_half_written(uri: str, database: str) -> dict[str, int]:
-    """Every job document's data-store parts exist; every cache entry has its payload."""
-    from pymongo import MongoClient
-
-    db = MongoClient(uri, serverSelectionTimeoutMS=5000)[database]
-    data = {d["metadata"]["blob_uuid"] for d in db["active_mlip_data.files"].find({}, ["metadata"])}
-    jobs = list(db["active_mlip_jobs"].find({}, ["uuid", "name", "output"]))
-    for doc in jobs:
-        missing = _blob_uuids(doc.get("output")) - data
-        assert not missing, f"{doc['name']}: data-store parts {missing} missing"
-    store = make_job_store(StoreSettings(mongo_uri=uri, database=database))
-    store.connect()
-    cache = store.additional_stores["cache"]
-    keys = []
-    for entry in cache.query({}):  # reads every GridFS file in full
-        assert entry.get("payload") is not None, entry.get("cache_key")
-        keys.append(entry["cache_key"])
-    assert len(keys) == len(set(keys))
-    n_files = db["active_mlip_cache.files"].count_documents({})
-    assert n_files == len(keys)
-    return {"jobs": len(jobs), "cache": len(keys)}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_database_lost_mid_run_fails_clearly_and_the_rerun_finishes(
@@ -181,7 +148,7 @@ def test_database_lost_mid_run_fails_clearly_and_the_rerun_finishes(
         assert "Traceback" not in msg and len(msg) < 600, msg
         assert waited < 60, f"took {waited:.0f} s to give up"
         assert not (workdir / "summary.json").exists()
-        stored = _assert_nothing_half_written(direct, "faults")
+        stored = assert_nothing_half_written(direct, "faults")
         labels_before = read_label_log(log)
 
         proxy.restore()  # the database is back, with everything it held
@@ -189,7 +156,7 @@ def test_database_lost_mid_run_fails_clearly_and_the_rerun_finishes(
             resumed = run_local("CuI", workdir, tiny())
         _assert_same_as_reference(reference, workdir, read_label_log(log))
         assert resumed["this_invocation"]["labels_reused"] >= 3
-        after = _assert_nothing_half_written(direct, "faults")
+        after = assert_nothing_half_written(direct, "faults")
         assert after["cache"] > stored["cache"]
         print(
             f"gave up {waited:.1f} s after the cut; {len(labels_before)} labels before it, "
@@ -205,7 +172,7 @@ def test_cli_run_names_an_unreachable_database(tmp_path):
     from typer.testing import CliRunner
 
     from active_mlip.app.cli import app
-    from tests.fireworks.helpers import free_port
+    from tests.app.fireworks.helpers import free_port
 
     port = free_port()  # nothing listens there
     env = {"ACTIVE_MLIP_MONGO_URI": f"mongodb://u:secret@127.0.0.1:{port}/?authSource=admin"}
@@ -229,7 +196,7 @@ def test_a_job_document_is_written_only_with_its_data(tmp_path):
     from ase.build import bulk
     from jobflow import JobStore, run_locally
 
-    from active_mlip.workflows.active_learning import concat_frames
+    from active_mlip.workflows.jobs import concat_frames
 
     frames = [Frame.from_atoms(bulk("Cu"))]
 

@@ -102,7 +102,7 @@ def test_too_short_trajectory_is_refused(cu_inputs, tmp_path):
 
 def test_split_in_time_or_shuffled():
     from active_mlip.core.frames import Frame
-    from active_mlip.workflows.active_learning import split_initial
+    from active_mlip.workflows.jobs import split_initial
 
     frames = [
         Frame(numbers=[29], positions=[[0, 0, 0]], cell=np.eye(3).tolist(), info={"aimd_index": k})

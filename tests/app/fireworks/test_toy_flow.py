@@ -21,7 +21,7 @@ from active_mlip.app.launchpad import load_launchpad
 from active_mlip.app.status import campaign_status, restart_campaign
 from active_mlip.app.submit import submit_flows
 from active_mlip.stores.worker_store import client_job_store
-from tests.fireworks.helpers import (
+from tests.app.fireworks.helpers import (
     active_mlip_exe,
     free_port,
     start_worker,

@@ -22,8 +22,7 @@ from typer.testing import CliRunner
 from active_mlip.app.cli import app
 from active_mlip.app.local import run_local
 from active_mlip.core.blobs import CorruptArtifactError, write_manifest
-from active_mlip.stores.job_store import STORE_FILE_ENV
-from active_mlip.stores.mongo import MONGO_URI_ENV
+from active_mlip.core.environment import MONGO_URI_ENV, STORE_FILE_ENV
 from active_mlip.workflows.campaign import CampaignError, load_campaign
 from active_mlip.workflows.settings import ActiveLearningSettings
 
@@ -372,7 +371,7 @@ def test_trajectory_rows(cu, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# Campaign files (more in tests/fireworks/test_campaign.py)
+# Campaign files (more in tests/app/fireworks/test_campaign.py)
 # ---------------------------------------------------------------------------------------
 def _campaign(tmp_path, text: str) -> Path:
     f = tmp_path / "campaign.yaml"

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from active_mlip.app.cli import app
 from active_mlip.app.launchpad import load_launchpad
 from active_mlip.stores.worker_store import client_job_store
-from tests.fireworks.helpers import start_worker, stop, wait_for, workflow_done, write_worker
+from tests.app.fireworks.helpers import start_worker, stop, wait_for, workflow_done, write_worker
 
 # Generous limits: on 2 shared cores under load the force constants and CHGNet start-up
 # alone can take minutes before the initial labels start.

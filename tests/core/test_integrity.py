@@ -119,7 +119,7 @@ def test_documents_check_every_frame_they_hold():
 
 def test_loop_and_exploration_documents_are_covered():
     from active_mlip.makers.exploration import ExplorationDocument
-    from active_mlip.workflows.active_learning import Candidates
+    from active_mlip.workflows.state import Candidates
 
     f = cu_frame()
     cand = Candidates(frames=[f], reserve=[f.unlabelled()])
@@ -234,12 +234,7 @@ class _Store:
 
 def _loop_result():
     from active_mlip.makers.schemas import EnsembleDocument, MemberDocument
-    from active_mlip.workflows.active_learning import (
-        FrameSet,
-        IterationRecord,
-        LoopResult,
-        LoopState,
-    )
+    from active_mlip.workflows.state import FrameSet, IterationRecord, LoopResult, LoopState
 
     train = [cu_frame(s, iteration=0, subset=s % 2) for s in range(4)]
     test = [cu_frame(10 + s) for s in range(2)]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +23,9 @@ from jobflow import Flow, JobConfig, Response, job
 from active_mlip.core.hashing import content_hash
 from active_mlip.stores.cache import ResultCache
 from active_mlip.workflows.routing import RoutingTable, route, tag
+from tests.mongo import free_port  # noqa: F401  (the FireWorks tests import it from here)
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:

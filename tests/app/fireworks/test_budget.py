@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.fireworks.helpers import worker_env
+from tests.app.fireworks.helpers import worker_env
 
 DRAWER = """
 import json, sys, time

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 DEPLOY = REPO / "deploy"
 
 
@@ -54,7 +54,7 @@ def test_launchers_parse_and_route(tmp_path):
 def test_webgui_wsgi_requires_auth(db_env, monkeypatch):
     from active_mlip.app.launchpad import load_launchpad
     from active_mlip.app.submit import submit_flows
-    from tests.fireworks.helpers import toy_flow
+    from tests.app.fireworks.helpers import toy_flow
 
     submit_flows(load_launchpad(), "wsgi", {"CuI": (toy_flow("CuI", "/dev/null"), "fp")})
     monkeypatch.setenv("ACTIVE_MLIP_WEBGUI_USERNAME", "ann")

@@ -57,3 +57,42 @@ def test_without_seed_the_preset_seeds_stay(captured, tmp_path):
     out = CliRunner().invoke(app, args)
     assert out.exit_code == 0, out.output
     assert (captured["settings"].loop.seed, captured["settings"].training.seed) == (0, 0)
+
+
+CAMPAIGN = """\
+name: merge-check
+materials: [CuI]
+preset: quick
+temperatures: [500]
+label_budget: 40
+settings:
+  loop: {temperatures: [300], max_iterations: 3}
+  screening: {md_steps: 200}
+"""
+
+
+def test_campaign_settings_are_merged_once_with_a_documented_precedence(captured, tmp_path):
+    from active_mlip.workflows.campaign import load_campaign
+
+    f = tmp_path / "campaign.yaml"
+    f.write_text(CAMPAIGN)
+    campaign, submitted = load_campaign(f)  # what `active-mlip submit` runs
+    # File top-level keys win over its settings: sections; screening is on by default.
+    assert submitted.preset == "quick"
+    assert submitted.loop.temperatures == [500.0] and submitted.loop.max_iterations == 3
+    assert submitted.screening.enabled and submitted.screening.md_steps == 200
+    assert submitted.loop.shared_budget.total == 40
+    # A local run of the same file gets the same settings ...
+    args = ["run", "--campaign", str(f), "--workdir", str(tmp_path / "w")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert captured["settings"] == submitted
+    # ... and the command line wins over the file, the rest of the file still applies.
+    args += ["--preset", "tiny", "--temperatures", "700", "--label-budget", "10"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    local = captured["settings"]
+    assert local == campaign.build_settings("tiny", {"loop": {"temperatures": [700.0]}}, 10)
+    assert (local.preset, local.loop.temperatures) == ("tiny", [700.0])
+    assert local.loop.max_iterations == 3 and local.loop.shared_budget.total == 10
+    # A file that turns screening off runs plain active learning everywhere.
+    f.write_text(CAMPAIGN.replace("{md_steps: 200}", "{enabled: false}"))
+    assert not load_campaign(f)[1].screening.enabled

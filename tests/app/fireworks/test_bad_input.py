@@ -9,7 +9,7 @@ from active_mlip.app.cli import app
 from active_mlip.app.launchpad import check_launchpad_file, load_launchpad
 from active_mlip.app.submit import check_routing
 from active_mlip.stores.mongo import DatabaseUnreachableError, InsecureConfigError
-from tests.fireworks.helpers import free_port, write_worker
+from tests.app.fireworks.helpers import free_port, write_worker
 
 
 def test_unreachable_mongodb_names_host_and_deploy(monkeypatch):
@@ -67,7 +67,7 @@ def test_a_material_that_cannot_be_built_leaves_nothing_submitted(db_env, tmp_pa
     """Every workflow is built before the first is added: no half-submitted campaign."""
     from active_mlip.app.launchpad import load_launchpad
     from active_mlip.app.submit import submit_flows
-    from tests.fireworks.helpers import toy_flow
+    from tests.app.fireworks.helpers import toy_flow
 
     def broken():
         raise ValueError("trajectory 'x.extxyz' frame 0 has atoms AgGaSe2 (16 atoms) ...")

@@ -19,7 +19,10 @@ from typer.testing import CliRunner
 from active_mlip.app.cli import app
 from active_mlip.app.launchpad import load_launchpad
 from active_mlip.app.submit import submit_flows
-from tests.fireworks.helpers import (
+from active_mlip.core.hashing import content_hash
+from active_mlip.stores.cache import ResultCache
+from active_mlip.stores.job_store import StoreSettings, make_job_store
+from tests.app.fireworks.helpers import (
     start_worker,
     stop,
     toy_flow,
@@ -27,10 +30,17 @@ from tests.fireworks.helpers import (
     workflow_done,
     write_worker,
 )
-from tests.workflows.helpers_faults import TcpProxy
-from tests.workflows.test_faults import _assert_nothing_half_written
+from tests.workflows.helpers_faults import TcpProxy, assert_nothing_half_written
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def _cached_labels(uri: str, database: str, material: str, n: int) -> list[str]:
+    """The toy labels (of items 0..n-1) that are in the job store's cache."""
+    store = make_job_store(StoreSettings(mongo_uri=uri, database=database))
+    store.connect()
+    cache = ResultCache(store.additional_stores["cache"])
+    return [str(x) for x in range(n) if cache.get(content_hash(["toy-label", material, x]))]
 
 
 def test_worker_loses_the_database_mid_job_and_restart_recovers(db_env, tmp_path, monkeypatch):
@@ -46,15 +56,17 @@ def test_worker_loses_the_database_mid_job_and_restart_recovers(db_env, tmp_path
     procs = [start_worker(w, tmp_path / w.stem, tmp_path / f"{w.stem}.log") for w in (cpu, gpu)]
     try:
         wait_for(lambda: log.exists() and len(log.read_text().split()) >= 3, 90, "3 labels")
-        time.sleep(0.1)  # the 3rd label's cache write follows its log line
         proxy.cut()
-        cached = log.read_text().split()
         time.sleep(2.0)
         assert lp.fireworks.find_one({"name": "CuI it0 label"}, {"state": 1})["state"] == "RUNNING"
         for p in procs:  # the partitioned node is given up for lost
             stop(p, signal.SIGKILL)
         proxy.restore()
-        _assert_nothing_half_written(upstream, db_env["ACTIVE_MLIP_MONGO_DB"])
+        assert_nothing_half_written(upstream, db_env["ACTIVE_MLIP_MONGO_DB"])
+        # What reached the cache before the cut (read on the test's own, uncut connection;
+        # a label logged just before the cut may have lost its write).
+        cached = _cached_labels(upstream, db_env["ACTIVE_MLIP_MONGO_DB"], "CuI", 15)
+        assert len(cached) >= 2
 
         out = CliRunner().invoke(app, ["restart", "cut", "--lost-after", "0"])
         assert out.exit_code == 0 and "lost runs rerun: [" in out.output, out.output
@@ -73,4 +85,4 @@ def test_worker_loses_the_database_mid_job_and_restart_recovers(db_env, tmp_path
         assert computed[label] == 1, label
     # at most the label in flight at the cut (computed, its write lost) was repeated
     assert sum(n - 1 for n in computed.values()) <= 1
-    _assert_nothing_half_written(upstream, db_env["ACTIVE_MLIP_MONGO_DB"])
+    assert_nothing_half_written(upstream, db_env["ACTIVE_MLIP_MONGO_DB"])

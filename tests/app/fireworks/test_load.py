@@ -5,7 +5,7 @@ Why a toy flow: the real loop trains MACE ensembles (about a minute per tiny mat
 orchestration under load -- many workflows submitted through ``to_workflow`` with the
 loop's routing categories, fireworks created at run time by a controller that replaces
 itself, four workers pulling concurrently from one database, labels cached by content
-in the job store -- and the toy flow (``tests/fireworks/helpers.py``, labels keyed by
+in the job store -- and the toy flow (``tests/app/fireworks/helpers.py``, labels keyed by
 material) has exactly the loop's shape (label -> train -> evaluate -> decide, decide
 replacing itself with the next iteration) and caching, at a fraction of a second per job.
 Every label actually computed is appended to a log, so a label computed twice (two
@@ -27,7 +27,7 @@ import pytest
 
 from active_mlip.app.launchpad import load_launchpad
 from active_mlip.app.submit import submit_flows
-from tests.fireworks.helpers import (
+from tests.app.fireworks.helpers import (
     start_worker,
     stop,
     toy_flow,

@@ -1,0 +1,64 @@
+"""The loop is composed of Makers: a user swaps one the usual jobflow way."""
+
+from __future__ import annotations
+
+from jobflow import Flow, Response
+
+from active_mlip.makers.labelling import ASECalculatorLabeller, CHGNetLabeller, LabelMaker
+from active_mlip.workflows.active_learning import ActiveLearningMaker
+from active_mlip.workflows.iteration import IterationMaker, proceed
+from active_mlip.workflows.materials import get_structure
+from active_mlip.workflows.screening import ScreeningMaker
+from active_mlip.workflows.settings import ActiveLearningSettings
+from active_mlip.workflows.state import Candidates, FrameSet, LoopRefs
+from tests.workflows.helpers_loop import cu_frame, exploration_doc, loop_state
+
+#: Another labeller (Lennard-Jones through ASE): distinguishable from the default CHGNet.
+OTHER = ASECalculatorLabeller(
+    calculator="ase.calculators.lj.LennardJones", elements=["Cu", "I"], kwargs={"sigma": 2.5}
+)
+
+
+def _job(flow: Flow, suffix: str):
+    (job,) = [j for j in flow.jobs if j.name.endswith(suffix)]
+    return job
+
+
+def test_update_maker_kwargs_swaps_the_labeller_now_and_in_later_iterations():
+    settings = ActiveLearningSettings.from_preset("tiny", screening={"enabled": True})
+    flow = ActiveLearningMaker(settings=settings).make(get_structure("CuI"))
+    flow.update_maker_kwargs({"labeller": OTHER}, class_filter=LabelMaker)
+
+    # The labelling job of this flow ...
+    assert _job(flow, "initial labels").maker.labeller == OTHER
+    # ... and the Makers the controller builds later iterations and the screening from.
+    decide = _job(flow, "it0 decide")
+    iteration, screening = decide.function_args[4], decide.function_args[5]
+    assert isinstance(iteration, IterationMaker) and isinstance(screening, ScreeningMaker)
+    assert iteration.label_maker.labeller == OTHER
+    assert screening.label_maker.labeller == OTHER
+    # class_filter scopes the change: the relaxation keeps its own labeller.
+    assert isinstance(_job(flow, "relax R0").maker.labeller, CHGNetLabeller)
+
+    # An iteration built by the controller labels with the swapped labeller.
+    state = loop_state([50.0, 40.0]).model_copy(update={"e0s": {"Cu": -0.5}})
+    ids = {"state": "s", "ensemble": "e", "evaluation": "v", "fc": "f", "initial": "i"}
+    refs = LoopRefs(**ids, collect="c", explorations=["x"])
+    found = [exploration_doc(300.0, 40, [cu_frame(0)], 1.3)]
+    nxt = proceed.original(
+        Candidates(frames=[cu_frame(0)]), found, state, FrameSet(), {}, refs, iteration
+    )
+    assert isinstance(nxt, Response)
+    assert _job(nxt.replace, "it1 label").maker.labeller == OTHER
+    top_up = _job(nxt.replace, "it1 top up labels")
+    assert top_up.function_args[3] == OTHER  # replacements of failed single points too
+
+
+def test_a_stage_maker_given_as_a_field_replaces_the_default():
+    settings = ActiveLearningSettings.from_preset("tiny")
+    custom = IterationMaker(settings=settings, label_maker=LabelMaker(labeller=OTHER))
+    maker = ActiveLearningMaker(settings=settings, iteration_maker=custom)
+    assert maker.label_maker.labeller == OTHER
+    # Unset stage Makers are built from the settings.
+    assert maker.iteration_maker.training_maker.settings == settings.training
+    assert maker.screening_maker is None  # screening is off in the tiny preset
