@@ -390,7 +390,9 @@ class MLIPMinimaMaker(Maker):
         self, ensemble: EnsembleDocument, explorations: list[ExplorationDocument]
     ) -> MinimaDocument:
         """One relaxed frame per exploration (its ``last_frame``)."""
-        from active_mlip.makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import (
+            EnsembleCalculator,  # torch loads only where the ensemble runs
+        )
 
         calc = EnsembleCalculator.from_document(ensemble, device=self.device)
         frames = []

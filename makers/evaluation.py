@@ -20,6 +20,7 @@ from pydantic import Field
 
 from active_mlip.core.documents import Document
 from active_mlip.core.frames import Frame
+from active_mlip.makers.sampling import ForceConstantsDocument
 from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument
 from active_mlip.makers.selection import (
     ReferenceStatistics,
@@ -227,14 +228,14 @@ class TestEvaluationMaker(Maker):
         ``force_constants`` is a ``sampling.ForceConstantsDocument`` (or anything with
         ``fc_array()`` and ``reference``).
         """
-        from active_mlip.makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import (
+            EnsembleCalculator,  # torch loads only where the ensemble runs
+        )
 
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         test_frames = [Frame.model_validate(f) for f in test_frames]
         if isinstance(force_constants, dict):  # a serialised document
-            from active_mlip.makers.sampling import ForceConstantsDocument
-
             force_constants = ForceConstantsDocument.model_validate(force_constants)
         _validate_test_frames(test_frames)  # before loading models
         calc = EnsembleCalculator.from_document(

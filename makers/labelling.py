@@ -25,6 +25,9 @@ it never fails the batch.
 
 Units everywhere: eV, eV/Å, eV/Å^3; stress in ASE's Voigt order and sign
 (positive = tensile).
+
+Over 500 lines on purpose: the three backends share one interface and one cache
+path, and a reader comparing them wants them side by side.
 """
 
 from __future__ import annotations

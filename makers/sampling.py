@@ -10,6 +10,9 @@ point. Φ is also what the anharmonicity score σ^A is measured against.
 Units are ASE's throughout: eV, Å, amu, and ASE's time unit (Å·sqrt(amu/eV)), so
 ω² from the mass-weighted force constants is in eV/(Å²·amu) and velocities come
 out in Å per ASE time unit, ready for ``atoms.set_velocities``.
+
+Over 500 lines on purpose: force constants, their unstable modes and the harmonic
+sampling built on them are one derivation; the aiMD import is the other way in.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pydantic import Field
 
 from active_mlip.core.documents import Document
 from active_mlip.core.frames import Frame, read_images
+from active_mlip.makers.labelling import CHGNetLabeller, LabelMaker
 from active_mlip.makers.schemas import DATA_FIELDS, LabelledBatch
 
 logger = logging.getLogger(__name__)
@@ -312,7 +316,6 @@ class ForceConstantsMaker(Maker):
         labeller
             Overrides ``self.labeller`` when given.
         """
-        from active_mlip.makers.labelling import CHGNetLabeller, LabelMaker
 
         labeller = labeller or self.labeller or CHGNetLabeller()
         label_maker = LabelMaker(labeller=labeller)

@@ -11,6 +11,10 @@ MACE runs in a process of its own (``mace.cli.run_train``, forked warm by
 thread settings) never leaks into the worker. Trained
 members are cached by content (training data, labels, hyperparameters, seed, E0s and
 the parent model), so an interrupted run resumes without retraining.
+
+Over 500 lines on purpose: one stage and its checks (settings with their presets,
+the partition into subsets, MACE's arguments and metrics, the member job with its
+retry, the gather); its parts change together when MACE's interface does.
 """
 
 from __future__ import annotations

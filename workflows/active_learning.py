@@ -57,6 +57,7 @@ from active_mlip.workflows.jobs import (
     isolated_energies,
     load_trajectory,
 )
+from active_mlip.workflows.materials import default_supercell, validate_structure
 from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.screening import ScreeningMaker
 from active_mlip.workflows.settings import ActiveLearningSettings
@@ -123,7 +124,6 @@ class ActiveLearningMaker(Maker):
         Bad input (empty, non-periodic or overlapping structures, elements the labeller
         cannot handle) raises ``ValueError`` here, before any job runs.
         """
-        from active_mlip.workflows.materials import default_supercell, validate_structure
 
         settings = self.settings
         loop = settings.loop

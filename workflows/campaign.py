@@ -41,6 +41,7 @@ from pydantic import (
 from active_mlip.core.documents import Document
 from active_mlip.workflows.materials import material_names
 from active_mlip.workflows.routing import RoutingTable
+from active_mlip.workflows.screening import builtin_campaigns
 from active_mlip.workflows.settings import PRESETS, ActiveLearningSettings
 
 
@@ -101,8 +102,6 @@ class Campaign(Document):
     def _material_set(cls, v: Any) -> Any:
         """A built-in campaign name stands for its whole material set."""
         if isinstance(v, str):
-            from active_mlip.workflows.screening import builtin_campaigns
-
             sets = builtin_campaigns()
             if v not in sets:
                 raise ValueError(

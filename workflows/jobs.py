@@ -3,6 +3,9 @@
 Light jobs (they run wherever the routing table sends ``glue``); the stage Makers
 (:mod:`active_mlip.makers`) do the heavy work, the controller jobs
 (:mod:`active_mlip.workflows.iteration`) compose them.
+
+Just over 500 lines: the glue jobs are small and independent; one module keeps the
+loop's bookkeeping in one place to read.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from jobflow import CURRENT_JOB, Flow, JobConfig, OutputReference, Response, job
 
 from active_mlip.core.documents import without_mson_keys
 from active_mlip.core.frames import Frame
+from active_mlip.core.hashing import content_hash
 from active_mlip.makers.exploration import ExplorationDocument
 from active_mlip.makers.labelling import LabelMaker, label_in_process, labeller_from_dict
 from active_mlip.makers.sampling import import_trajectory
@@ -44,7 +48,6 @@ def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
 
     Cached per element and labeller settings, so a resumed run does not repeat them.
     """
-    from active_mlip.core.hashing import content_hash
 
     labeller = labeller_from_dict(labeller)
     cache = ResultCache.from_current_job()
@@ -416,7 +419,9 @@ def _calibration(ensemble: EnsembleDocument, frames: list[Frame]) -> list[dict[s
     """Predicted uncertainty of each new frame against the ensemble's true force error."""
     if not frames:
         return []
-    from active_mlip.makers.ensemble import EnsembleCalculator
+    from active_mlip.makers.ensemble import (
+        EnsembleCalculator,  # torch loads only where the ensemble runs
+    )
 
     calc = EnsembleCalculator.from_document(ensemble, device="cpu")
     results = calc.evaluate([f.to_atoms() for f in frames])

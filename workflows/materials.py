@@ -3,6 +3,9 @@
 Every structure is built from its space group and Wyckoff positions with pymatgen, so
 the numbers below (and in ``data/screening_112.yaml``) are the whole definition. Lattice
 parameters are experimental room-temperature values.
+
+Over 500 lines on purpose: most of it is data (the built-in structures by space
+group and Wyckoff positions), kept next to the code that builds and checks them.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from ase.data import covalent_radii
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Composition, Element, Lattice, Structure
 from pymatgen.symmetry.groups import SpaceGroup
+
+from active_mlip.core.blobs import verify_listed
 
 
 def _zincblende(a: float, cation: str, anion: str) -> Structure:
@@ -107,7 +112,6 @@ def default_supercell(name: str) -> tuple[int, int, int]:
 
 def read_structure(path: str | Path) -> Structure:
     """Read one periodic structure from CIF, POSCAR or anything ASE reads."""
-    from active_mlip.core.blobs import verify_listed
 
     path = Path(path)
     if path.is_dir():

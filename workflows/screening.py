@@ -31,6 +31,7 @@ from active_mlip.makers.schemas import DATA_FIELDS
 from active_mlip.workflows import policy
 from active_mlip.workflows.iteration import IterationMaker, decoded, light
 from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
+from active_mlip.workflows.materials import load_screening_set
 from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import FrameSet, LoopRefs, LoopResult, LoopState, ScreeningSummary
@@ -43,7 +44,6 @@ CAMPAIGN_FILE = "campaign.json"
 
 def builtin_campaigns() -> dict[str, list[str]]:
     """Campaign name -> its material names, for the campaigns shipped with the package."""
-    from active_mlip.workflows.materials import load_screening_set
 
     return {SCREENING_112: [e.name for e in load_screening_set()]}
 

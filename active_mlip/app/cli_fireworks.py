@@ -5,6 +5,9 @@ The logic lives in :mod:`active_mlip.app.launchpad`, :mod:`~active_mlip.app.subm
 parses options and prints.
 Credentials come from the environment (``ACTIVE_MLIP_MONGO_URI``, optionally
 ``ACTIVE_MLIP_LAUNCHPAD``); see launchers/README.md and deploy/README.md.
+
+Commands import what they need when they run (function-local imports throughout), so
+the CLI starts without FireWorks, pymongo or torch.
 """
 
 from __future__ import annotations

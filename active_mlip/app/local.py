@@ -306,7 +306,7 @@ def export_run(
     write_manifest(workdir, exported + sorted(models_dir.iterdir()))
 
     try:
-        from active_mlip.app.report import write_report
+        from active_mlip.app.report import write_report  # matplotlib loads only here
 
         write_report(result, store, workdir, settings, ensemble, test_frames)
     except Exception as exc:  # a broken plot must not lose the run's results

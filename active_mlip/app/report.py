@@ -21,7 +21,11 @@ from typing import Any
 import numpy as np
 
 from active_mlip.core.documents import without_mson_keys
-from active_mlip.makers.selection import ReferenceStatistics
+from active_mlip.makers.selection import (
+    ReferenceStatistics,
+    anharmonicity_score,
+    minimum_image_displacements,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +156,9 @@ def write_report(
 
     # 4. parity -------------------------------------------------------------------------
     if test_frames:
-        from active_mlip.makers.ensemble import EnsembleCalculator
+        from active_mlip.makers.ensemble import (
+            EnsembleCalculator,  # torch loads only where the ensemble runs
+        )
 
         calc = EnsembleCalculator.from_document(ensemble, device="cpu")
         preds = calc.evaluate([f.to_atoms() for f in test_frames])
@@ -214,7 +220,6 @@ def write_report(
 
 def _sigma_a_plot(plt, result, store, test_frames, save) -> tuple[bool, list[dict[str, Any]]]:
     """σ^A of test and selected frames; returns the selected frames' rows for the table."""
-    from active_mlip.makers.selection import anharmonicity_score, minimum_image_displacements
 
     fc_doc = store.get_output(result.state.fc_uuid, load=True)
     fc = fc_doc.fc_array() if hasattr(fc_doc, "fc_array") else np.asarray(fc_doc["force_constants"])

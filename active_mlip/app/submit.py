@@ -16,12 +16,13 @@ from jobflow import JobStore
 
 from active_mlip.app.launchpad import ensure_initialized
 from active_mlip.stores.worker_store import EnvJobStore
+from active_mlip.workflows.active_learning import ActiveLearningMaker
+from active_mlip.workflows.materials import get_structure
+from active_mlip.workflows.routing import RoutingTable, route_output_jobs
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad, Workflow
     from jobflow import Flow
-
-    from active_mlip.workflows.routing import RoutingTable
 
 
 def worker_categories(worker_files: list[str | Path]) -> set[str]:
@@ -81,8 +82,6 @@ def to_workflow(
     """
     from jobflow.managers.fireworks import flow_to_workflow
 
-    from active_mlip.workflows.routing import RoutingTable, route_output_jobs
-
     route_output_jobs(flow, routing or RoutingTable())
     flow.update_metadata({"campaign": campaign, "material": material}, dynamic=True)
     return flow_to_workflow(
@@ -141,8 +140,6 @@ def submit_flows(
 
 def submit_campaign(lp: LaunchPad, campaign: Any, settings: Any) -> SubmitResult:
     """Submit a :class:`~active_mlip.workflows.campaign.Campaign`: one loop flow per material."""
-    from active_mlip.workflows.active_learning import ActiveLearningMaker
-    from active_mlip.workflows.materials import get_structure
 
     fingerprint = settings.fingerprint()
     flows: dict[str, tuple[Any, str]] = {}

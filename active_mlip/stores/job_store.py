@@ -166,6 +166,7 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     else:
         if settings.local_path is None:
             raise ValueError("StoreSettings needs local_path when no MongoDB URI is configured")
+        # montydb loads only for the file-backed store
         from active_mlip.stores.local_store import IndexedMontyStore
         from active_mlip.stores.payload_store import PayloadFileStore
 

@@ -11,11 +11,10 @@ from active_mlip.makers.exploration import (
     LOG_KEYS,
     ExplorationMaker,
     ExplorationSettings,
-    _close_contact,
-    _sanity,
     run_exploration,
 )
 from active_mlip.makers.selection import SelectionSettings
+from active_mlip.makers.walkers import _close_contact, _sanity
 from tests.makers.helpers_exploration import (
     ACCEPT_ALL,
     ACCEPT_NONE,

@@ -11,7 +11,6 @@ import pytest
 from active_mlip.makers.ensemble import EnsembleCalculator
 from active_mlip.makers.exploration import (
     ExplorationSettings,
-    _close_contact,
     run_exploration,
     run_exploration_walkers,
 )
@@ -23,6 +22,7 @@ from active_mlip.makers.selection import (
     split_by_temperature,
     uncertainty_probability,
 )
+from active_mlip.makers.walkers import _close_contact
 from tests.makers.helpers_exploration import ACCEPT_ALL, ACCEPT_NONE, ZS, spring_calc, stats
 from tests.models import PairModel
 
