@@ -186,6 +186,9 @@ class IterationMaker(Maker):
 
         ``refs`` carries the uuids of the force constants, the test set and this
         iteration's explorations and labels; state, ensemble and evaluation are added here.
+        ``screening`` is the :class:`~active_mlip.workflows.screening.ScreeningMaker` that
+        ``decide`` runs after the first ensemble (typed ``Maker``: the screening module
+        builds on this one, not the reverse).
         """
         warm = previous if self.training_maker.settings.warm_start else None
         train = self.training_maker.make(
