@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from jobflow import JobConfig, Maker, job
 
@@ -127,8 +128,8 @@ def _check_job_input(
 class ExplorationMaker(Maker):
     """Exploration runs as jobs (cached by content, so a resumed workflow reuses them).
 
-    :meth:`make` runs one walker; :meth:`make_walkers` runs several (e.g. one per
-    temperature) in lock-step, each MD step evaluating all of them as one batch.
+    :meth:`make`, the one job, runs one walker or several (e.g. one per temperature) in
+    lock-step, each MD step evaluating all of them as one batch.
 
     Parameters
     ----------
@@ -151,50 +152,6 @@ class ExplorationMaker(Maker):
     def make(
         self,
         ensemble: EnsembleDocument,
-        start: Frame,
-        reference: ReferenceStatistics,
-        temperature: float,
-        n_new: int,
-        seed: int,
-        by_temperature: dict[str, ReferenceStatistics] | None = None,
-    ) -> ExplorationDocument:
-        """Explore at ``temperature`` from ``start`` until ``n_new`` frames are accepted.
-
-        ``by_temperature`` (an evaluation's per-temperature statistics) takes precedence
-        over ``reference`` for this temperature.
-        """
-        from active_mlip.makers.ensemble import (
-            EnsembleCalculator,  # torch loads only where the ensemble runs
-        )
-
-        _check_job_input(ensemble, start, temperature, n_new, self.settings)
-        reference = reference_at(reference, by_temperature, temperature)
-        key = exploration_cache_key(
-            ensemble, start, reference, temperature, n_new, self.settings, self.selection, seed
-        )
-
-        def explore() -> ExplorationDocument:
-            calc = EnsembleCalculator.from_document(
-                ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
-            )
-            doc = run_exploration(
-                calc, start, reference, temperature, n_new, self.settings, self.selection, seed
-            )
-            doc.cache_key = key
-            return doc
-
-        def reused(hit: dict) -> ExplorationDocument:
-            logger.info("exploration %s… reused from the cache", key[:12])
-            return ExplorationDocument.model_validate({**hit, "reused": True})
-
-        return ResultCache.from_current_job().get_or_compute(
-            key, "exploration", explore, reused, lambda doc: doc.model_dump()
-        )
-
-    @job(data=DATA_FIELDS, config=JobConfig(expose_store=True))
-    def make_walkers(
-        self,
-        ensemble: EnsembleDocument,
         starts: list[Frame],
         reference: ReferenceStatistics,
         temperatures: list[float],
@@ -202,24 +159,53 @@ class ExplorationMaker(Maker):
         seeds: list[int],
         by_temperature: dict[str, ReferenceStatistics] | None = None,
     ) -> ExplorationBatchDocument:
-        """Explore from ``starts[i]`` at ``temperatures[i]`` with ``seeds[i]``, batched.
+        """Explore from ``starts[i]`` at ``temperatures[i]`` with ``seeds[i]``.
 
-        Each walker gives the :class:`ExplorationDocument` that :meth:`make` would give for
-        it; they share one batched ensemble evaluation per MD step (see
-        :func:`run_exploration_walkers`).
+        The one exploration job. Each walker runs until ``n_new`` frames are accepted
+        or its MD budget is used, and gives one :class:`ExplorationDocument`; several
+        walkers run in lock-step, one batched ensemble evaluation per MD step (see
+        :func:`run_exploration_walkers`), and a walker in a batch follows the trajectory
+        it would follow alone. ``by_temperature`` (an evaluation's per-temperature
+        statistics) takes precedence over ``reference`` for each walker's temperature.
         """
-        from active_mlip.makers.ensemble import (
-            EnsembleCalculator,  # torch loads only where the ensemble runs
-        )
-
         lengths = {"starts": len(starts), "temperatures": len(temperatures), "seeds": len(seeds)}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"one value per walker is needed, got lengths {lengths}")
         if not starts:
-            raise ValueError("make_walkers needs at least one start structure")
+            raise ValueError("an exploration needs at least one start structure")
         for start, temperature in zip(starts, temperatures, strict=True):
             _check_job_input(ensemble, start, temperature, n_new, self.settings)
         references = [reference_at(reference, by_temperature, t) for t in temperatures]
+        cache = ResultCache.from_current_job()
+        if len(starts) == 1:  # cached under the walker's own key, as it always was
+            start, ref, temperature, seed = starts[0], references[0], temperatures[0], seeds[0]
+            key = exploration_cache_key(
+                ensemble, start, ref, temperature, n_new, self.settings, self.selection, seed
+            )
+            t0 = time.perf_counter()
+
+            def explore_one() -> ExplorationDocument:
+                calc = self._calculator(ensemble)
+                doc = run_exploration(
+                    calc, start, ref, temperature, n_new, self.settings, self.selection, seed
+                )
+                doc.cache_key = key
+                return doc
+
+            def reused_one(hit: dict) -> ExplorationDocument:
+                logger.info("exploration %s… reused from the cache", key[:12])
+                return ExplorationDocument.model_validate({**hit, "reused": True})
+
+            doc = cache.get_or_compute(
+                key, "exploration", explore_one, reused_one, lambda d: d.model_dump()
+            )
+            return ExplorationBatchDocument(
+                explorations=[doc],
+                batched=False,
+                wall_seconds=time.perf_counter() - t0,
+                cache_key=key,
+                reused=doc.reused,
+            )
         key = exploration_batch_cache_key(
             ensemble,
             starts,
@@ -232,9 +218,7 @@ class ExplorationMaker(Maker):
         )
 
         def explore() -> ExplorationBatchDocument:
-            calc = EnsembleCalculator.from_document(
-                ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
-            )
+            calc = self._calculator(ensemble)
             t0, passes0 = time.perf_counter(), calc.n_forward_passes
             docs = run_exploration_walkers(
                 calc,
@@ -265,6 +249,16 @@ class ExplorationMaker(Maker):
                 walker.reused = True
             return doc
 
-        return ResultCache.from_current_job().get_or_compute(
+        return cache.get_or_compute(
             key, "exploration_batch", explore, reused, lambda doc: doc.model_dump()
+        )
+
+    def _calculator(self, ensemble: EnsembleDocument) -> Any:
+        """The ensemble as an ASE calculator on this Maker's device."""
+        from active_mlip.makers.ensemble import (
+            EnsembleCalculator,  # torch loads only where the ensemble runs
+        )
+
+        return EnsembleCalculator.from_document(
+            ensemble, device=self.device, compute_stress=self.settings.ensemble == "npt"
         )

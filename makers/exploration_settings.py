@@ -216,14 +216,15 @@ class ExplorationDocument(Document):
 
 
 class ExplorationBatchDocument(Document):
-    """Outcome of several walkers run together (:meth:`ExplorationMaker.make_walkers`)."""
+    """Outcome of an exploration job: one document per walker (:meth:`ExplorationMaker.make`)."""
 
     explorations: list[ExplorationDocument] = Field(
         description="One document per walker, in input order (their frames and logs go to "
         "the data store like a single exploration's)."
     )
     batched: bool = Field(
-        True, description="False when the walkers ran one after the other ('npt')."
+        True,
+        description="False when the walkers ran one after the other ('npt') or alone.",
     )
     n_force_evaluations: int = Field(0, description="Ensemble evaluations of the whole batch.")
     n_forward_passes: int = Field(0, description="Member forward passes of the whole batch.")

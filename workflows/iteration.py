@@ -19,6 +19,7 @@ screening of :class:`~active_mlip.workflows.screening.ScreeningMaker`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -30,12 +31,13 @@ from jobflow import Flow, Job, JobConfig, Maker, Response, job
 from active_mlip.core.documents import as_model
 from active_mlip.core.frames import Frame
 from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker
-from active_mlip.makers.exploration import ExplorationDocument, ExplorationMaker
+from active_mlip.makers.exploration import ExplorationMaker
 from active_mlip.makers.labelling import LabelMaker
 from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument
 from active_mlip.makers.training import EnsembleTrainingMaker
 from active_mlip.workflows import policy
 from active_mlip.workflows.jobs import (
+    Explorations,
     collect_candidates,
     exploration_outcome,
     link,
@@ -111,37 +113,27 @@ class IterationMaker(Maker):
         temps = list(loop.temperatures)
         per_t = math.ceil(loop.n_new / len(temps))
         seeds = [policy.walker_seed(loop.seed, i, k) for k in range(len(temps))]
-        batched = bool(loop.batch_walkers and len(temps) > 1)
         starts = [state_ref.starts[policy.tkey(t)] for t in temps]
-        if batched:
+        explore = functools.partial(
+            self.exploration_maker.make,
+            ensemble_ref,
+            reference=evaluation_ref.reference,
+            n_new=per_t,
+            by_temperature=evaluation_ref.reference_by_temperature,
+        )
+        if loop.batch_walkers:
             # All temperatures in one job: one batched ensemble evaluation per MD step.
-            batch = self.exploration_maker.make_walkers(
-                ensemble_ref,
-                starts,
-                evaluation_ref.reference,
-                temperatures=temps,
-                n_new=per_t,
-                seeds=seeds,
-                by_temperature=evaluation_ref.reference_by_temperature,
+            explorations = [explore(starts, temperatures=temps, seeds=seeds)]
+            explorations[0].name = f"{state.material} it{i} explore " + ",".join(
+                f"{t:g}K" for t in temps
             )
-            batch.name = f"{state.material} it{i} explore {','.join(f'{t:g}K' for t in temps)}"
-            explorations = [batch]
-            outputs: Any = batch.output.explorations
-        else:
+        else:  # one job per temperature (e.g. one GPU each)
             explorations = []
             for k, t in enumerate(temps):
-                explore = self.exploration_maker.make(
-                    ensemble_ref,
-                    starts[k],
-                    evaluation_ref.reference,
-                    temperature=t,
-                    n_new=per_t,
-                    seed=seeds[k],
-                    by_temperature=evaluation_ref.reference_by_temperature,
-                )
-                explore.name = f"{state.material} it{i} explore {t:g}K"
-                explorations.append(explore)
-            outputs = [e.output for e in explorations]
+                job_k = explore([starts[k]], temperatures=[t], seeds=[seeds[k]])
+                job_k.name = f"{state.material} it{i} explore {t:g}K"
+                explorations.append(job_k)
+        outputs = [e.output for e in explorations]
         for e in explorations:
             tag(e, "exploration", iteration=i)
         _, left = policy.label_quota(loop, state.labels_used)
@@ -159,7 +151,6 @@ class IterationMaker(Maker):
             update={
                 "collect": collect.uuid,
                 "explorations": [e.uuid for e in explorations],
-                "batched": batched,
             }
         )
         gate = proceed(
@@ -306,7 +297,7 @@ def decide(
 @job(data=DATA_FIELDS)
 def proceed(
     candidates: Candidates,
-    explorations: list[ExplorationDocument],
+    explorations: Explorations,
     state: LoopState,
     train: FrameSet,
     starts: dict[str, Frame],
@@ -372,10 +363,7 @@ def proceed(
     links.name = f"{material} it{i} link labels"
     tag(links, "glue", iteration=i)
     collect = links.output["collect"]
-    if refs.batched:
-        outputs: Any = links.output["explorations"][0].explorations
-    else:
-        outputs = links.output["explorations"]
+    outputs = links.output["explorations"]
     label = iteration.label_maker.make(collect.frames)
     label.name = f"{material} it{i} label"
     tag(label, "labelling", iteration=i)

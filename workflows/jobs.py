@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from jobflow import CURRENT_JOB, Flow, JobConfig, OutputReference, Response, job
 
-from active_mlip.core.documents import without_mson_keys
+from active_mlip.core.documents import as_model, without_mson_keys
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
-from active_mlip.makers.exploration import ExplorationDocument
+from active_mlip.makers.exploration import ExplorationBatchDocument, ExplorationDocument
 from active_mlip.makers.labelling import LabelMaker, label_in_process, labeller_from_dict
 from active_mlip.makers.sampling import import_trajectory
 from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, LabelFailure, LabelledBatch
@@ -40,6 +40,20 @@ from active_mlip.workflows.state import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: What exploration jobs give: their documents, or single walkers' (tests, older stores).
+Explorations = list[ExplorationBatchDocument | ExplorationDocument]
+
+
+def flatten_explorations(outputs: Explorations) -> list[ExplorationDocument]:
+    """One document per walker, from the outputs of one or more exploration jobs."""
+    out: list[ExplorationDocument] = []
+    for item in outputs:
+        if isinstance(item, dict):  # a runner may hand over the serialised document
+            cls = ExplorationBatchDocument if "explorations" in item else ExplorationDocument
+            item = as_model(item, cls)
+        out += item.explorations if isinstance(item, ExplorationBatchDocument) else [item]
+    return out
 
 
 @job(config=JobConfig(expose_store=True))
@@ -201,7 +215,7 @@ def split_initial(frames: list[Frame], loop: Any) -> tuple[list[int], list[int]]
 
 @job(data=CANDIDATE_FIELDS, config=JobConfig(expose_store=True))
 def collect_candidates(
-    explorations: list[ExplorationDocument],
+    explorations: Explorations,
     n_new: int,
     iteration: int,
     budget: int | None,
@@ -217,7 +231,7 @@ def collect_candidates(
     """
     seen: set[str] = set()
     pool: list[Frame] = []
-    for doc in explorations:
+    for doc in flatten_explorations(explorations):
         for f in doc.frames:
             h = f.structure_hash()
             if h not in seen:
@@ -326,7 +340,7 @@ def merge(
     state: LoopState,
     controller: LoopState,
     labelled: LabelledBatch,
-    explorations: list[ExplorationDocument],
+    explorations: Explorations,
     ensemble: EnsembleDocument,
     settings: ActiveLearningSettings,
     outcome: ExplorationOutcome,
@@ -344,6 +358,7 @@ def merge(
     velocities (it blew up, or sat in a false basin of its ensemble).
     """
     loop, training = settings.loop, settings.training
+    explorations = flatten_explorations(explorations)
     new = [f.with_info(role="train") for f in labelled.frames]
     train = assign_subsets(
         list(state.train.frames) + new,
@@ -439,9 +454,10 @@ def _calibration(ensemble: EnsembleDocument, frames: list[Frame]) -> list[dict[s
 
 
 def exploration_outcome(
-    explorations: list[ExplorationDocument], settings: ActiveLearningSettings
+    explorations: Explorations, settings: ActiveLearningSettings
 ) -> ExplorationOutcome:
     """Per temperature: the statistics frames were judged against and what was found."""
+    explorations = flatten_explorations(explorations)
     sel = settings.selection
     md_ps: dict[str, float] = {}
     stats: dict[str, dict[str, Any]] = {}

@@ -148,7 +148,7 @@ class ScreeningMaker(Maker):
         links.name = f"{material} screening link"
         tag(links, "glue", iteration=0)
         state_ref = links.output["state"]
-        md = self.exploration_maker.make_walkers(
+        md = self.exploration_maker.make(
             links.output["ensemble"],
             [state_ref.starts[policy.tkey(t)] for t in loop.temperatures],
             links.output["evaluation"].reference,

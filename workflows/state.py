@@ -55,7 +55,6 @@ class LoopRefs(Document):
     )
     collect: str | None = Field(None, description="This iteration's candidate collection.")
     label: str | None = Field(None, description="The labelling job of the newest frames.")
-    batched: bool = Field(False, description="One exploration job ran every walker.")
 
 
 class FrameSet(Document):

@@ -11,6 +11,7 @@ from active_mlip.makers.exploration import (
     LOG_KEYS,
     ExplorationMaker,
     ExplorationSettings,
+    exploration_cache_key,
     run_exploration,
 )
 from active_mlip.makers.selection import SelectionSettings
@@ -271,18 +272,24 @@ def test_exploration_maker_caches_result(tmp_path, cui):
     store = make_job_store(StoreSettings(local_path=tmp_path))
     outs = []
     for _ in range(2):
-        job = maker.make(ensemble, cui, stats(**ACCEPT_ALL), 300.0, 5, 1)
+        job = maker.make(ensemble, [cui], stats(**ACCEPT_ALL), [300.0], 5, [1])
         responses = run_locally(Flow([job]), store=store, ensure_success=True)
         outs.append(responses[job.uuid][1].output)
-    first, second = outs
+    assert not outs[0].batched and [len(o.explorations) for o in outs] == [1, 1]
+    first, second = (o.explorations[0] for o in outs)
     assert first.n_accepted == 5 and not first.reused
-    assert second.reused and second.log == first.log and second.cache_key == first.cache_key
+    assert second.reused and outs[1].reused
+    assert second.log == first.log and second.cache_key == first.cache_key
+    # One walker keeps the key a single-walker run always had.
+    assert first.cache_key == exploration_cache_key(
+        ensemble, cui, stats(**ACCEPT_ALL), 300.0, 5, maker.settings, maker.selection, 1
+    )
     assert [f.positions for f in second.frames] == [f.positions for f in first.frames]
     # frames and log are in the data store, not the job document
     store.connect()
     doc = store.docs_store.query_one({"uuid": job.uuid})
-    assert "blob_uuid" in str(doc["output"]["frames"])
-    assert "blob_uuid" in str(doc["output"]["log"])
+    assert "blob_uuid" in str(doc["output"]["explorations"][0]["frames"])
+    assert "blob_uuid" in str(doc["output"]["explorations"][0]["log"])
 
 
 def test_exploration_maker_rejects_unknown_elements(cui):
@@ -291,6 +298,6 @@ def test_exploration_maker_rejects_unknown_elements(cui):
     silver = cui.model_copy(update={"numbers": [47 if z == 29 else z for z in cui.numbers]})
     maker = ExplorationMaker(device="cpu")
     with pytest.raises(ValueError, match="Ag"):
-        maker.make.original(maker, ensemble, silver, stats(**ACCEPT_ALL), 300.0, 3, 0)
+        maker.make.original(maker, ensemble, [silver], stats(**ACCEPT_ALL), [300.0], 3, [0])
     with pytest.raises(ValueError, match="temperature"):
-        maker.make.original(maker, ensemble, cui, stats(**ACCEPT_ALL), 0.0, 3, 0)
+        maker.make.original(maker, ensemble, [cui], stats(**ACCEPT_ALL), [0.0], 3, [0])

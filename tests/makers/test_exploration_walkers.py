@@ -203,7 +203,7 @@ def spring_ensemble():
     return make_ensemble_document(members, r_max=3.5)
 
 
-def test_make_walkers_job_caches_and_routes_data(tmp_path, cui):
+def test_a_batched_exploration_job_caches_and_routes_data(tmp_path, cui):
     from jobflow import Flow, run_locally
 
     from active_mlip.stores.job_store import StoreSettings, make_job_store
@@ -214,9 +214,7 @@ def test_make_walkers_job_caches_and_routes_data(tmp_path, cui):
     store = make_job_store(StoreSettings(local_path=tmp_path))
     outs = []
     for _ in range(2):
-        job = maker.make_walkers(
-            ensemble, [cui, cui], stats(**ACCEPT_ALL), [300.0, 600.0], 4, [1, 2]
-        )
+        job = maker.make(ensemble, [cui, cui], stats(**ACCEPT_ALL), [300.0, 600.0], 4, [1, 2])
         responses = run_locally(Flow([job]), store=store, ensure_success=True)
         outs.append(responses[job.uuid][1].output)
     first, second = outs
@@ -241,14 +239,14 @@ def test_make_walkers_job_caches_and_routes_data(tmp_path, cui):
         assert "blob_uuid" in str(walker["log"])
 
 
-def test_make_walkers_rejects_bad_input(cui):
+def test_an_exploration_job_rejects_bad_input(cui):
     ensemble = spring_ensemble()
     maker = ExplorationMaker(device="cpu")
     ok = stats(**ACCEPT_ALL)
     silver = cui.model_copy(update={"numbers": [47 if z == 29 else z for z in cui.numbers]})
     with pytest.raises(ValueError, match="Ag"):
-        maker.make_walkers.original(maker, ensemble, [cui, silver], ok, [300.0, 300.0], 3, [0, 1])
+        maker.make.original(maker, ensemble, [cui, silver], ok, [300.0, 300.0], 3, [0, 1])
     with pytest.raises(ValueError, match="temperature"):
-        maker.make_walkers.original(maker, ensemble, [cui, cui], ok, [300.0, 0.0], 3, [0, 1])
+        maker.make.original(maker, ensemble, [cui, cui], ok, [300.0, 0.0], 3, [0, 1])
     with pytest.raises(ValueError, match="lengths"):
-        maker.make_walkers.original(maker, ensemble, [cui, cui], ok, [300.0, 300.0], 3, [0])
+        maker.make.original(maker, ensemble, [cui, cui], ok, [300.0, 300.0], 3, [0])
