@@ -62,3 +62,29 @@ def test_a_stage_maker_given_as_a_field_replaces_the_default():
     # Unset stage Makers are built from the settings.
     assert maker.iteration_maker.training_maker.settings == settings.training
     assert maker.screening_maker is None  # screening is off in the tiny preset
+
+
+def test_walkers_run_in_one_job_or_one_job_per_temperature():
+    from active_mlip.makers.exploration import ExplorationBatchDocument
+    from active_mlip.workflows.jobs import flatten_explorations
+
+    state = loop_state([50.0]).model_copy(update={"material": "X", "iteration": 1})
+    ids = {"state": "s", "ensemble": "e", "evaluation": "v", "fc": "f", "initial": "i"}
+    for batch, names in (
+        (True, ["X it1 explore 300K,600K"]),
+        (False, ["X it1 explore 300K", "X it1 explore 600K"]),
+    ):
+        settings = ActiveLearningSettings.from_preset(
+            "tiny", loop={"temperatures": [300.0, 600.0], "batch_walkers": batch}
+        )
+        flow = IterationMaker(settings=settings).make(state, LoopRefs(**ids))
+        explore = [j for j in flow.jobs if " explore " in j.name]
+        assert [j.name for j in explore] == names
+        # Every walker has its own temperature and seed, whichever way they are grouped.
+        temps = [t for j in explore for t in j.function_kwargs["temperatures"]]
+        seeds = [s for j in explore for s in j.function_kwargs["seeds"]]
+        assert temps == [300.0, 600.0] and len(set(seeds)) == 2
+    # Consumers see one document per walker, from batched or single jobs alike.
+    a, b = exploration_doc(300.0, 10, [], 1.0), exploration_doc(600.0, 20, [], 1.0)
+    batch = ExplorationBatchDocument.model_construct(explorations=[a, b])
+    assert flatten_explorations([batch]) == [a, b] == flatten_explorations([a, b])
