@@ -29,7 +29,6 @@ from typing import Any
 from jobflow import Flow, Job, JobConfig, Maker, Response, job
 
 from active_mlip.core.documents import as_model
-from active_mlip.core.frames import Frame
 from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker
 from active_mlip.makers.exploration import ExplorationMaker
 from active_mlip.makers.labelling import LabelMaker
@@ -54,6 +53,7 @@ from active_mlip.workflows.state import (
     LoopRefs,
     LoopResult,
     LoopState,
+    Walker,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ logger = logging.getLogger(__name__)
 
 def light(state: LoopState) -> LoopState:
     """The state without its frames, to pass by value (frames travel by reference)."""
-    return state.model_copy(update={"train": FrameSet(), "test": None, "starts": {}})
+    walkers = [w.model_copy(update={"start": None}) for w in state.walkers]
+    return state.model_copy(update={"train": FrameSet(), "test": None, "walkers": walkers})
 
 
 @dataclass
@@ -110,10 +111,11 @@ class IterationMaker(Maker):
         state_ref = links.output["state"]
         ensemble_ref = links.output["ensemble"]
         evaluation_ref = links.output["evaluation"]
-        temps = list(loop.temperatures)
+        # Temperatures and seeds by value, the start frames by reference.
+        temps = [w.temperature for w in state.walkers]
+        seeds = [w.seed for w in state.walkers]
         per_t = math.ceil(loop.n_new / len(temps))
-        seeds = [policy.walker_seed(loop.seed, i, k) for k in range(len(temps))]
-        starts = [state_ref.starts[policy.tkey(t)] for t in temps]
+        starts = [state_ref.walkers[k].start for k in range(len(state.walkers))]
         explore = functools.partial(
             self.exploration_maker.make,
             ensemble_ref,
@@ -154,7 +156,7 @@ class IterationMaker(Maker):
             }
         )
         gate = proceed(
-            collect.output, outputs, light(state), state_ref.train, state_ref.starts, refs, self
+            collect.output, outputs, light(state), state_ref.train, state_ref.walkers, refs, self
         )
         gate.name = f"{state.material} it{i} proceed"
         tag(gate, "controller", iteration=i)
@@ -300,7 +302,7 @@ def proceed(
     explorations: Explorations,
     state: LoopState,
     train: FrameSet,
-    starts: dict[str, Frame],
+    walkers: list[Walker],
     refs: LoopRefs,
     iteration: IterationMaker,
 ) -> Response | LoopResult:
@@ -312,7 +314,7 @@ def proceed(
     test set, so even a good ensemble accepts some frames given enough MD).
 
     ``state`` is the controller's state without its frames (by value); ``train`` and
-    ``starts`` are its frames (by reference). ``refs`` name the outputs the next jobs
+    ``walkers`` are its frames (by reference). ``refs`` name the outputs the next jobs
     read (through a :func:`~active_mlip.workflows.jobs.link`, as a created flow may only
     reference its own jobs).
     """
@@ -347,7 +349,7 @@ def proceed(
         else:
             reason = policy.nothing_accepted(outcome.model_dump())
         logger.info("%s: stopping after iteration %d: %s", material, i, reason)
-        full = state.model_copy(update={"history": history, "train": train, "starts": starts})
+        full = state.model_copy(update={"history": history, "train": train, "walkers": walkers})
         return LoopResult(
             material=material,
             converged=False,

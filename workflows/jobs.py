@@ -37,6 +37,7 @@ from active_mlip.workflows.state import (
     LoopRefs,
     LoopState,
     ToppedUpBatch,
+    Walker,
 )
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,14 @@ def initial_split(
         train, settings.training.n_sub, loop.seed, valid_fraction=settings.training.valid_fraction
     )
     uuid = CURRENT_JOB.job.uuid
-    starts = {policy.tkey(t): reference.unlabelled(temperature=t) for t in loop.temperatures}
+    walkers = [
+        Walker(
+            temperature=t,
+            start=reference.unlabelled(temperature=t),
+            seed=policy.walker_seed(loop.seed, 0, k),
+        )
+        for k, t in enumerate(loop.temperatures)
+    ]
     r0 = reference.unlabelled()
     r0.info.pop("labeller", None)
     n_used = labelled.n_labelled + labelled.n_failed
@@ -167,7 +175,7 @@ def initial_split(
         train=FrameSet(frames=train),
         test=FrameSet(frames=test),
         e0s=e0s,
-        starts=starts,
+        walkers=walkers,
         r0=r0,
         labels_used=n_used,
         fc_uuid=fc_uuid,
@@ -366,7 +374,8 @@ def merge(
         loop.seed + state.iteration + 1,
         valid_fraction=training.valid_fraction,
     )
-    starts = dict(state.starts)
+    walkers = {policy.tkey(w.temperature): w for w in state.walkers}
+    starts = {key: w.start for key, w in walkers.items()}
     errors = _energy_errors(labelled.frames)
     restarts: dict[str, str] = {}
     for doc in explorations:
@@ -409,7 +418,15 @@ def merge(
             "history": list(controller.history),
             "train": FrameSet(frames=train),
             "test": None,
-            "starts": starts,
+            "walkers": [
+                w.model_copy(
+                    update={
+                        "start": starts[key],
+                        "seed": policy.walker_seed(loop.seed, state.iteration + 1, k),
+                    }
+                )
+                for k, (key, w) in enumerate(walkers.items())
+            ],
             "labels_used": controller.labels_used + labelled.n_requested - labelled.n_reused,
             "screening": controller.screening or state.screening,
             "last_acceptance_fraction": pending.acceptance_fraction,

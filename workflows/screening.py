@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from jobflow import Flow, JobConfig, Maker, Response, job
 
-from active_mlip.core.frames import Frame
 from active_mlip.makers.diagnostics import (
     MLIPMinimaMaker,
     ScreeningDocument,
@@ -34,7 +33,14 @@ from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
 from active_mlip.workflows.materials import load_screening_set
 from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
-from active_mlip.workflows.state import FrameSet, LoopRefs, LoopResult, LoopState, ScreeningSummary
+from active_mlip.workflows.state import (
+    FrameSet,
+    LoopRefs,
+    LoopResult,
+    LoopState,
+    ScreeningSummary,
+    Walker,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +156,7 @@ class ScreeningMaker(Maker):
         state_ref = links.output["state"]
         md = self.exploration_maker.make(
             links.output["ensemble"],
-            [state_ref.starts[policy.tkey(t)] for t in loop.temperatures],
+            [state_ref.walkers[k].start for k in range(len(state.walkers))],
             links.output["evaluation"].reference,
             temperatures=list(loop.temperatures),
             n_new=_NO_QUOTA,
@@ -185,7 +191,7 @@ class ScreeningMaker(Maker):
             verdict.output,
             light(state),
             state_ref.train,
-            state_ref.starts,
+            state_ref.walkers,
             refs,
             iteration,
             verdict.uuid,
@@ -201,7 +207,7 @@ def screening_gate(
     screening: ScreeningDocument,
     state: LoopState,
     train: FrameSet,
-    starts: dict[str, Frame],
+    walkers: list[Walker],
     refs: LoopRefs,
     iteration: IterationMaker,
     screening_uuid: str,
@@ -223,7 +229,7 @@ def screening_gate(
     draw_shared(
         settings.loop.shared_budget, f"{state.material}:screening", screening.n_labels, True
     )
-    full = state.model_copy(update={"train": train, "starts": starts})
+    full = state.model_copy(update={"train": train, "walkers": walkers})
     if screening.verdict == "ok":
         return LoopResult(
             material=state.material,

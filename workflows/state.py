@@ -57,6 +57,18 @@ class LoopRefs(Document):
     label: str | None = Field(None, description="The labelling job of the newest frames.")
 
 
+class Walker(Document):
+    """One MLIP-MD walker of the loop: its temperature, where and with which seed it goes on."""
+
+    temperature: float = Field(gt=0, description="K.")
+    start: Frame | None = Field(
+        None,
+        description="Where its next MD starts (with velocities once it has run); None in "
+        "the state a controller gets by value (frames travel by reference).",
+    )
+    seed: int = Field(description="Seed of its next exploration.")
+
+
 class FrameSet(Document):
     """A list of frames; the ``frames`` key routes it to the data store."""
 
@@ -162,7 +174,7 @@ class LoopState(Document):
     train: FrameSet
     test: FrameSet | None = Field(None, description="Only in the initial state.")
     e0s: dict[str, float]
-    starts: dict[str, Frame] = Field(description="MD start frame per temperature (K, as str).")
+    walkers: list[Walker] = Field(description="One per temperature, in the loop's order.")
     r0: Frame | None = Field(
         None, description="The (relaxed) reference structure: where a restarted walker starts."
     )

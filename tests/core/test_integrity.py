@@ -234,11 +234,18 @@ class _Store:
 
 def _loop_result():
     from active_mlip.makers.schemas import EnsembleDocument, MemberDocument
-    from active_mlip.workflows.state import FrameSet, IterationRecord, LoopResult, LoopState
+    from active_mlip.workflows.state import (
+        FrameSet,
+        IterationRecord,
+        LoopResult,
+        LoopState,
+        Walker,
+    )
 
     train = [cu_frame(s, iteration=0, subset=s % 2) for s in range(4)]
     test = [cu_frame(10 + s) for s in range(2)]
-    common = dict(material="Cu", e0s={"Cu": 0.0}, starts={"300": train[0]}, started_at=0.0)
+    walker = Walker(temperature=300.0, start=train[0], seed=0)
+    common = dict(material="Cu", e0s={"Cu": 0.0}, walkers=[walker], started_at=0.0)
     record = IterationRecord(
         iteration=0,
         n_train=4,

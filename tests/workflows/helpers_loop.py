@@ -32,7 +32,7 @@ def loop_state(maes: list[float], u_stds: list[float] | None = None, labels: int
         iteration=len(maes) - 1,
         train=FrameSet(),
         e0s={},
-        starts={},
+        walkers=[],
         history=[record(i, m, u_std=u) for i, (m, u) in enumerate(zip(maes, u_stds, strict=True))],
         labels_used=labels,
         fc_uuid="f",

@@ -476,12 +476,15 @@ def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
     import active_mlip.workflows.jobs as al
     from active_mlip.makers.schemas import LabelledBatch, LabellerIdentity
     from active_mlip.workflows.jobs import merge
-    from active_mlip.workflows.state import ExplorationOutcome, FrameSet
+    from active_mlip.workflows.state import ExplorationOutcome, FrameSet, Walker
 
     monkeypatch.setattr(al, "_calibration", lambda ensemble, frames: [])  # needs no models
     r0 = cu_frame(0).unlabelled()
     state = loop_state([50.0]).model_copy(
-        update={"r0": r0, "starts": {"300": r0.with_info(temperature=300.0)}}
+        update={
+            "r0": r0,
+            "walkers": [Walker(temperature=300.0, start=r0.with_info(temperature=300.0), seed=5)],
+        }
     )
     last = cu_frame(7).unlabelled().with_info(temperature=300.0, velocities=[[0.1, 0, 0]] * 4)
     explored = exploration_doc(300.0, 40, [], 1.0, last_frame=last)
@@ -516,10 +519,12 @@ def test_a_walker_in_a_false_basin_restarts_from_r0(monkeypatch):
         )
 
     near = run(10.0)  # 10 meV/atom off: the walker continues where it stopped
-    assert near.starts["300"].positions == last.positions
+    assert near.walkers[0].start.positions == last.positions
     assert near.pending.restarts == {}
     far = run(120.0)  # 120 meV/atom off: a hallucinated basin; back to R0, no velocities
-    assert far.starts["300"].positions == r0.positions
-    assert "velocities" not in far.starts["300"].info
-    assert far.starts["300"].info["temperature"] == 300.0
+    assert far.walkers[0].start.positions == r0.positions
+    assert "velocities" not in far.walkers[0].start.info
+    assert far.walkers[0].start.info["temperature"] == 300.0
+    # Either way the walker explores next with the next iteration's seed.
+    assert near.walkers[0].seed == far.walkers[0].seed != 5
     assert far.pending.restarts["300"].startswith("a labelled frame's energy was 120 meV/atom")

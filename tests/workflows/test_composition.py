@@ -10,7 +10,7 @@ from active_mlip.workflows.iteration import IterationMaker, proceed
 from active_mlip.workflows.materials import get_structure
 from active_mlip.workflows.screening import ScreeningMaker
 from active_mlip.workflows.settings import ActiveLearningSettings
-from active_mlip.workflows.state import Candidates, FrameSet, LoopRefs
+from active_mlip.workflows.state import Candidates, FrameSet, LoopRefs, Walker
 from tests.workflows.helpers_loop import cu_frame, exploration_doc, loop_state
 
 #: Another labeller (Lennard-Jones through ASE): distinguishable from the default CHGNet.
@@ -68,7 +68,10 @@ def test_walkers_run_in_one_job_or_one_job_per_temperature():
     from active_mlip.makers.exploration import ExplorationBatchDocument
     from active_mlip.workflows.jobs import flatten_explorations
 
-    state = loop_state([50.0]).model_copy(update={"material": "X", "iteration": 1})
+    walkers = [Walker(temperature=t, seed=s) for t, s in ((300.0, 11), (600.0, 12))]
+    state = loop_state([50.0]).model_copy(
+        update={"material": "X", "iteration": 1, "walkers": walkers}
+    )
     ids = {"state": "s", "ensemble": "e", "evaluation": "v", "fc": "f", "initial": "i"}
     for batch, names in (
         (True, ["X it1 explore 300K,600K"]),
@@ -83,7 +86,7 @@ def test_walkers_run_in_one_job_or_one_job_per_temperature():
         # Every walker has its own temperature and seed, whichever way they are grouped.
         temps = [t for j in explore for t in j.function_kwargs["temperatures"]]
         seeds = [s for j in explore for s in j.function_kwargs["seeds"]]
-        assert temps == [300.0, 600.0] and len(set(seeds)) == 2
+        assert temps == [300.0, 600.0] and seeds == [11, 12]
     # Consumers see one document per walker, from batched or single jobs alike.
     a, b = exploration_doc(300.0, 10, [], 1.0), exploration_doc(600.0, 20, [], 1.0)
     batch = ExplorationBatchDocument.model_construct(explorations=[a, b])
