@@ -62,6 +62,7 @@ for _var in ("ACTIVE_MLIP_MONGO_URI", "ACTIVE_MLIP_STORE_FILE"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from active_mlip.core.documents import as_model  # noqa: E402
 from active_mlip.core.frames import Frame, read_frames, write_extxyz  # noqa: E402
 from active_mlip.makers.labelling import CHGNetLabeller, label_in_process  # noqa: E402
 from active_mlip.makers.schemas import EnsembleDocument  # noqa: E402
@@ -318,12 +319,6 @@ def score(
 
 
 # -- training (the loop's own makers, in a file store that caches members) -------------------
-def _as_model(obj: Any, cls: type) -> Any:
-    if isinstance(obj, cls):
-        return obj
-    return cls.model_validate({k: v for k, v in obj.items() if not k.startswith("@")})
-
-
 def train(
     store: Any,
     pool: list[Frame],
@@ -339,7 +334,7 @@ def train(
         pool, e0s, previous=previous if training.warm_start else None, reference_frame=reference
     )
     run_locally(flow, store=store, log=False, ensure_success=True)
-    return _as_model(store.get_output(flow.output.uuid, load=True), EnsembleDocument)
+    return as_model(store.get_output(flow.output.uuid, load=True), EnsembleDocument)
 
 
 def grow(pool: list[Frame], new: list[Frame], settings: ActiveLearningSettings, r: int) -> list:
@@ -368,13 +363,13 @@ def active_learning(
     for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
         out = store.get_output(doc["uuid"], load=True)
         if isinstance(out, dict) and "stop_reason" in out:
-            result = _as_model(out, LoopResult)
+            result = as_model(out, LoopResult)
     if result is None:
         raise RuntimeError(f"no finished loop in {workdir / 'store'}")
     points = []
     frames = result.state.train.frames
     for h in result.state.history:
-        ensemble = _as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
+        ensemble = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
         pool = [f for f in frames if f.info.get("iteration", 0) <= h.iteration]
         points.append(
             {"labels": h.n_train, "ensemble": ensemble, "iteration": h.iteration, "pool": pool}

@@ -606,22 +606,32 @@ def label_in_process(
     identity = labeller.identity()
     labelled: dict[int, Frame] = {}
     failures: list[LabelFailure] = []
-    n_reused = 0
+    reused: set[int] = set()
     for i, frame in enumerate(frames):
-        key = label_cache_key(frame, identity.settings_hash)
-        payload = cache.get(key)
-        if payload is not None:
-            labelled[i] = _frame_from_cache(frame, payload, identity.settings_hash)
-            n_reused += 1
-            continue
-        try:
-            out = labeller.label_frame(frame)
-        except Exception as exc:  # any calculator error is one failed frame
-            failures.append(_failure(i, frame, exc))
-            continue
-        cache.put(key, CACHE_KIND, _cache_payload(out))  # now, not at the end
-        labelled[i] = out
-    return _batch(identity, len(frames), labelled, failures, n_reused, t0)
+
+        def compute(i: int = i, frame: Frame = frame) -> Frame | LabelFailure:
+            try:
+                return labeller.label_frame(frame)
+            except Exception as exc:  # any calculator error is one failed frame
+                return _failure(i, frame, exc)
+
+        def load(payload: dict[str, Any], i: int = i, frame: Frame = frame) -> Frame:
+            reused.add(i)
+            return _frame_from_cache(frame, payload, identity.settings_hash)
+
+        # Each label is stored the moment it exists; a failure is not (a rerun retries it).
+        out = cache.get_or_compute(
+            label_cache_key(frame, identity.settings_hash),
+            CACHE_KIND,
+            compute,
+            load,
+            lambda r: _cache_payload(r) if isinstance(r, Frame) else None,
+        )
+        if isinstance(out, LabelFailure):
+            failures.append(out)
+        else:
+            labelled[i] = out
+    return _batch(identity, len(frames), labelled, failures, len(reused), t0)
 
 
 def build_dft_flow(
@@ -639,6 +649,8 @@ def build_dft_flow(
     frames = [_as_frame(f) for f in frames]
     cache = cache or ResultCache(None)
     identity = labeller.identity()
+    # Lookups only: a frame's compute step is a job of its own that runs elsewhere, and
+    # gather_dft_labels stores what it produced.
     cached: list[dict[str, Any] | None] = [
         cache.get(label_cache_key(f, identity.settings_hash)) for f in frames
     ]

@@ -67,18 +67,16 @@ def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
     labeller = labeller_from_dict(labeller)
     cache = ResultCache.from_current_job()
     ident = labeller.identity().settings_hash
-    keys = {el: content_hash(["isolated-atom", el, ident]) for el in elements}
-    out: dict[str, float] = {}
-    for el, key in keys.items():
-        hit = cache.get(key)
-        if hit is not None:
-            out[el] = float(hit["energy"])
-    missing = [el for el in elements if el not in out]
-    if missing:
-        for el, e in labeller.isolated_atom_energies(missing).items():
-            out[el] = float(e)
-            cache.put(keys[el], "isolated_atom", {"element": el, "energy": float(e)})
-    return {el: out[el] for el in elements}
+    return {
+        el: cache.get_or_compute(
+            content_hash(["isolated-atom", el, ident]),
+            "isolated_atom",
+            lambda el=el: float(labeller.isolated_atom_energies([el])[el]),
+            lambda hit: float(hit["energy"]),
+            lambda e, el=el: {"element": el, "energy": e},
+        )
+        for el in elements
+    }
 
 
 @job(data=DATA_FIELDS)
@@ -107,7 +105,7 @@ def draw_shared(shared: Any, key: str, n: int, force: bool = False) -> int:
     """
     if shared is None:
         return n
-    shared = label_budget.LabelBudget.model_validate(_plain_model(shared))
+    shared = label_budget.LabelBudget.model_validate(without_mson_keys(shared))
     return label_budget.draw(_shared_store(), shared, key, n, force)
 
 
@@ -115,7 +113,7 @@ def shared_budget_stop(shared: Any) -> str | None:
     """Why the loop stops now because the shared budget is spent (None: no budget or some left)."""
     if shared is None:
         return None
-    shared = label_budget.LabelBudget.model_validate(_plain_model(shared))
+    shared = label_budget.LabelBudget.model_validate(without_mson_keys(shared))
     return policy.shared_budget_spent(
         label_budget.used(_shared_store(), shared), shared.total, shared.name
     )
@@ -182,7 +180,7 @@ def initial_split(
         test_uuid=uuid,
         started_at=time.time(),
         relaxation=_relaxation_record(relaxation),
-        unstable_modes=[_plain_model(_dump(m)) for m in unstable_modes or []],
+        unstable_modes=[without_mson_keys(_dump(m)) for m in unstable_modes or []],
     )
 
 
@@ -194,9 +192,9 @@ def _relaxation_record(doc: Any) -> dict[str, Any] | None:
     """The relaxation's numbers without its frame (that is R0, stored with the fc)."""
     if doc is None:
         return None
-    data = _plain_model(_dump(doc))
+    data = without_mson_keys(_dump(doc))
     data.pop("frame", None)
-    data["settings"] = _plain_model(_dump(data.get("settings")))
+    data["settings"] = without_mson_keys(_dump(data.get("settings")))
     return data
 
 
@@ -256,11 +254,6 @@ def collect_candidates(
         if limited:
             logger.info("shared label budget granted %d of %d", limit, wanted)
     return Candidates(frames=pool[:limit], reserve=pool[limit:end], budget_limited=limited)
-
-
-def _plain_model(obj: Any) -> Any:
-    """A model or its serialised dict (FireWorks hands arguments over as dicts)."""
-    return without_mson_keys(obj) if isinstance(obj, dict) else obj
 
 
 def combine_batches(batches: list[LabelledBatch]) -> LabelledBatch:
@@ -521,7 +514,7 @@ def link(refs: LoopRefs) -> dict[str, Any]:
     :class:`~active_mlip.workflows.state.LoopRefs`); jobflow resolves references nested
     in an output when it is read, so nothing is copied.
     """
-    refs = LoopRefs.model_validate(_plain_model(refs))
+    refs = LoopRefs.model_validate(without_mson_keys(refs))
     out: dict[str, Any] = {}
     for key in ("state", "ensemble", "evaluation", "fc", "initial", "collect", "label"):
         uuid = getattr(refs, key)

@@ -178,13 +178,12 @@ def run_local(
     wall = time.time() - t0
 
     store.connect()
-    result = _as_model(store.get_output(flow.output.uuid, load=True), LoopResult)
+    result = as_model(store.get_output(flow.output.uuid, load=True), LoopResult)
     counts = _count_work(responses)
     summary = export_run(result, store, workdir, settings, wall_seconds=wall, counts=counts)
     return summary
 
 
-_as_model = as_model
 
 
 def _count_work(responses: dict[str, dict[int, Any]]) -> dict[str, int]:
@@ -221,14 +220,14 @@ def export_run(
     """
     (workdir / MANIFEST).unlink(missing_ok=True)
     state = result.state
-    test_state = _as_model(store.get_output(state.test_uuid, load=True), type(state))
+    test_state = as_model(store.get_output(state.test_uuid, load=True), type(state))
     test_frames = test_state.test.frames if test_state.test else []
     dataset = [_flatten_info(f) for f in state.train.frames]
     write_extxyz(dataset, workdir / "dataset.extxyz")
     write_extxyz([_flatten_info(f) for f in test_frames], workdir / "test.extxyz")
 
     last = state.history[-1]
-    ensemble = _as_model(store.get_output(last.ensemble_uuid, load=True), EnsembleDocument)
+    ensemble = as_model(store.get_output(last.ensemble_uuid, load=True), EnsembleDocument)
     models_dir = workdir / "models"
     if models_dir.exists():
         shutil.rmtree(models_dir)

@@ -111,7 +111,7 @@ def write_report(
                 if ref is None:  # explorations from before the thermal window
                     threshold = h.uncertainty_mean + shift * h.uncertainty_std
                 else:
-                    ref = ReferenceStatistics.model_validate(_plain(ref))
+                    ref = ReferenceStatistics.model_validate(without_mson_keys(ref))
                     threshold = ref.u_mean + shift * ref.u_std
                 logs.append((h, temp, log, threshold))
     if logs:
@@ -377,11 +377,6 @@ def _structure_section(state: Any) -> str:
     else:
         parts.append("<p>No harmonic mode of R0 has ω² ≤ 0.</p>")
     return "".join(parts)
-
-
-def _plain(obj: Any) -> Any:
-    """A model, or its serialised dict without monty's '@' keys."""
-    return without_mson_keys(obj) if isinstance(obj, dict) else obj
 
 
 def _plateau_line(details: dict[str, Any]) -> str:

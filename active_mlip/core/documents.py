@@ -27,8 +27,14 @@ def _plain(value: Any) -> Any:
     return jsanitize(value, strict=True)
 
 
-def without_mson_keys(d: dict[str, Any]) -> dict[str, Any]:
-    """``d`` without monty's ``@module``/``@class``/``@version`` keys."""
+def without_mson_keys(d: Any) -> Any:
+    """``d`` without monty's ``@module``/``@class``/``@version`` keys.
+
+    Anything but a dict (a model handed over as itself, ``None``) comes back unchanged:
+    runners pass a model either way (FireWorks as its MSON dict).
+    """
+    if not isinstance(d, dict):
+        return d
     return {k: v for k, v in d.items() if not k.startswith("@")}
 
 

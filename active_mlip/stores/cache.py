@@ -67,7 +67,8 @@ class ResultCache:
         A computed result is stored (``dump(result)``; ``None``: not stored, e.g. a
         failure a rerun should retry) before it is returned, so an interrupted run never
         computes it again. The one cache-or-compute step of every stage whose result is
-        keyed by content (explorations, relaxations, members).
+        keyed by content (labels, isolated-atom energies, relaxations, members,
+        explorations).
         """
         payload = self.get(key)
         if payload is not None:

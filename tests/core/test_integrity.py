@@ -156,7 +156,7 @@ def test_corrupted_frame_in_the_data_store_is_detected_on_load(tmp_path):
     j = _labelled_batch(3)
     run_locally(j, store=store, ensure_success=True, log=False)
     store.connect()
-    # jobflow hands back the dict; readers validate it (active_mlip.app.local._as_model)
+    # jobflow hands back the dict; readers validate it (active_mlip.core.documents.as_model)
     good = LabelledBatch.model_validate(store.get_output(j.uuid, load=True))
     assert good == batch(3)
 
