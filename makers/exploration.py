@@ -22,6 +22,7 @@ from active_mlip.makers.exploration_settings import (
     ExplorationBatchDocument,
     ExplorationDocument,
     ExplorationSettings,
+    WalkerSpec,
 )
 from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument
 from active_mlip.makers.selection import (
@@ -34,6 +35,8 @@ from active_mlip.makers.walkers import (
     check_start,
     run_exploration,
     run_exploration_walkers,
+    run_walker,
+    run_walkers,
 )
 from active_mlip.stores.cache import ResultCache
 
@@ -43,11 +46,14 @@ __all__ = [
     "ExplorationDocument",
     "ExplorationMaker",
     "ExplorationSettings",
+    "WalkerSpec",
     "check_start",
     "exploration_batch_cache_key",
     "exploration_cache_key",
     "run_exploration",
     "run_exploration_walkers",
+    "run_walker",
+    "run_walkers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,15 +61,12 @@ logger = logging.getLogger(__name__)
 
 def exploration_cache_key(
     ensemble: EnsembleDocument,
-    start: Frame,
-    reference: ReferenceStatistics,
-    temperature: float,
-    n_new: int,
+    spec: WalkerSpec,
     settings: ExplorationSettings,
     selection: SelectionSettings,
-    seed: int,
 ) -> str:
     """Content key of an exploration: same inputs -> same result (runs are seeded)."""
+    start = spec.start
     return content_hash(
         {
             "kind": "exploration",
@@ -76,33 +79,24 @@ def exploration_cache_key(
             "start": start.structure_hash(),
             "start_velocities": content_hash(start.info.get("velocities")),
             "start_temperature": start.info.get("temperature"),
-            "reference": reference.model_dump(),
-            "temperature": float(temperature),
-            "n_new": int(n_new),
+            "reference": spec.reference.model_dump(),
+            "temperature": float(spec.temperature),
+            "n_new": int(spec.n_new),
             "settings": settings.model_dump(),
             "selection": selection.model_dump(),
-            "seed": int(seed),
+            "seed": int(spec.seed),
         }
     )
 
 
 def exploration_batch_cache_key(
     ensemble: EnsembleDocument,
-    starts: Sequence[Frame],
-    reference: ReferenceStatistics | Sequence[ReferenceStatistics],
-    temperatures: Sequence[float],
-    n_new: int,
+    specs: Sequence[WalkerSpec],
     settings: ExplorationSettings,
     selection: SelectionSettings,
-    seeds: Sequence[int],
 ) -> str:
     """Content key of a batch of walkers: the ordered keys of its walkers."""
-    if isinstance(reference, ReferenceStatistics):
-        reference = [reference] * len(starts)
-    walkers = [
-        exploration_cache_key(ensemble, start, ref, t, n_new, settings, selection, seed)
-        for start, ref, t, seed in zip(starts, reference, temperatures, seeds, strict=True)
-    ]
+    walkers = [exploration_cache_key(ensemble, spec, settings, selection) for spec in specs]
     return content_hash({"kind": "exploration_batch", "walkers": walkers})
 
 
@@ -175,61 +169,19 @@ class ExplorationMaker(Maker):
             raise ValueError("an exploration needs at least one start structure")
         for start, temperature in zip(starts, temperatures, strict=True):
             _check_job_input(ensemble, start, temperature, n_new, self.settings)
-        references = [reference_at(reference, by_temperature, t) for t in temperatures]
+        specs = [
+            WalkerSpec(start, reference_at(reference, by_temperature, t), t, n_new, seed)
+            for start, t, seed in zip(starts, temperatures, seeds, strict=True)
+        ]
         cache = ResultCache.from_current_job()
-        if len(starts) == 1:  # cached under the walker's own key, as it always was
-            start, ref, temperature, seed = starts[0], references[0], temperatures[0], seeds[0]
-            key = exploration_cache_key(
-                ensemble, start, ref, temperature, n_new, self.settings, self.selection, seed
-            )
-            t0 = time.perf_counter()
-
-            def explore_one() -> ExplorationDocument:
-                calc = self._calculator(ensemble)
-                doc = run_exploration(
-                    calc, start, ref, temperature, n_new, self.settings, self.selection, seed
-                )
-                doc.cache_key = key
-                return doc
-
-            def reused_one(hit: dict) -> ExplorationDocument:
-                logger.info("exploration %s… reused from the cache", key[:12])
-                return ExplorationDocument.model_validate({**hit, "reused": True})
-
-            doc = cache.get_or_compute(
-                key, "exploration", explore_one, reused_one, lambda d: d.model_dump()
-            )
-            return ExplorationBatchDocument(
-                explorations=[doc],
-                batched=False,
-                wall_seconds=time.perf_counter() - t0,
-                cache_key=key,
-                reused=doc.reused,
-            )
-        key = exploration_batch_cache_key(
-            ensemble,
-            starts,
-            references,
-            temperatures,
-            n_new,
-            self.settings,
-            self.selection,
-            seeds,
-        )
+        if len(specs) == 1:  # cached under the walker's own key, as it always was
+            return self._explore_one(ensemble, specs[0], cache)
+        key = exploration_batch_cache_key(ensemble, specs, self.settings, self.selection)
 
         def explore() -> ExplorationBatchDocument:
             calc = self._calculator(ensemble)
             t0, passes0 = time.perf_counter(), calc.n_forward_passes
-            docs = run_exploration_walkers(
-                calc,
-                starts,
-                references,
-                temperatures,
-                n_new,
-                self.settings,
-                self.selection,
-                seeds,
-            )
+            docs = run_walkers(calc, specs, self.settings, self.selection)
             passes = calc.n_forward_passes - passes0
             for walker in docs:
                 walker.cache_key = key
@@ -251,6 +203,31 @@ class ExplorationMaker(Maker):
 
         return cache.get_or_compute(
             key, "exploration_batch", explore, reused, lambda doc: doc.model_dump()
+        )
+
+    def _explore_one(
+        self, ensemble: EnsembleDocument, spec: WalkerSpec, cache: ResultCache
+    ) -> ExplorationBatchDocument:
+        """One walker, with ASE's own integrator, cached under its walker key."""
+        key = exploration_cache_key(ensemble, spec, self.settings, self.selection)
+        t0 = time.perf_counter()
+
+        def explore() -> ExplorationDocument:
+            doc = run_walker(self._calculator(ensemble), spec, self.settings, self.selection)
+            doc.cache_key = key
+            return doc
+
+        def reused(hit: dict) -> ExplorationDocument:
+            logger.info("exploration %s… reused from the cache", key[:12])
+            return ExplorationDocument.model_validate({**hit, "reused": True})
+
+        doc = cache.get_or_compute(key, "exploration", explore, reused, lambda d: d.model_dump())
+        return ExplorationBatchDocument(
+            explorations=[doc],
+            batched=False,
+            wall_seconds=time.perf_counter() - t0,
+            cache_key=key,
+            reused=doc.reused,
         )
 
     def _calculator(self, ensemble: EnsembleDocument) -> Any:

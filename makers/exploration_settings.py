@@ -6,6 +6,7 @@ The engine is :mod:`active_mlip.makers.walkers`; the job is
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +17,33 @@ from active_mlip.core.frames import Frame
 from active_mlip.makers.selection import (
     ReferenceStatistics,
 )
+
+
+@dataclass(frozen=True)
+class WalkerSpec:
+    """What one walker explores: from where, against which statistics, at what T.
+
+    Parameters
+    ----------
+    start
+        Start configuration (its ``info['velocities']`` may be reused, see
+        :attr:`ExplorationSettings.reuse_velocities`).
+    reference
+        Test-set statistics of the uncertainty the selection monitors.
+    temperature
+        Target temperature (K), > 0.
+    n_new
+        Quota of accepted frames, >= 1.
+    seed
+        Seeds the initial velocities, the thermostat noise and the acceptance draws.
+    """
+
+    start: Frame
+    reference: ReferenceStatistics
+    temperature: float
+    n_new: int
+    seed: int
+
 
 #: Keys of :attr:`ExplorationDocument.log` (one entry per scored frame).
 LOG_KEYS = (

@@ -45,6 +45,7 @@ from active_mlip.makers.exploration_settings import (
     LOG_KEYS,
     ExplorationDocument,
     ExplorationSettings,
+    WalkerSpec,
 )
 from active_mlip.makers.npt import enthalpy, make_npt_dynamics
 from active_mlip.makers.selection import (
@@ -185,14 +186,17 @@ class _Walker:
     def __init__(
         self,
         calc,
-        start: Frame,
-        reference: ReferenceStatistics,
-        temperature: float,
-        n_new: int,
+        spec: WalkerSpec,
         settings: ExplorationSettings,
         selection: SelectionSettings,
-        seed: int,
     ):
+        start, reference, temperature, n_new, seed = (
+            spec.start,
+            spec.reference,
+            spec.temperature,
+            spec.n_new,
+            spec.seed,
+        )
         _validate_run_args(temperature, n_new)
         self.key = selection.key
         if reference.key != self.key:
@@ -545,10 +549,17 @@ def run_exploration(
         Bad temperature / quota, mismatched uncertainty keys, a start structure that is
         broken or has elements the calculator does not know -- all before any MD.
     """
-    settings = settings or ExplorationSettings()
-    selection = selection or SelectionSettings()
-    walker = _Walker(calc, start, reference, temperature, n_new, settings, selection, seed)
-    return _run_single(calc, walker)
+    spec = WalkerSpec(start, reference, temperature, n_new, seed)
+    return run_walker(
+        calc, spec, settings or ExplorationSettings(), selection or SelectionSettings()
+    )
+
+
+def run_walker(
+    calc, spec: WalkerSpec, settings: ExplorationSettings, selection: SelectionSettings
+) -> ExplorationDocument:
+    """:func:`run_exploration` for a :class:`WalkerSpec` (the job's entry point)."""
+    return _run_single(calc, _Walker(calc, spec, settings, selection))
 
 
 # -- batched walkers -------------------------------------------------------------------------
@@ -682,13 +693,26 @@ def run_exploration_walkers(
     }
     if len(set(lengths.values())) != 1:
         raise ValueError(f"one value per walker is needed, got lengths {lengths}")
-    # Every walker is validated (and its velocities drawn) before any MD starts.
-    walkers = [
-        _Walker(calc, start, ref, t, n, settings, selection, seed)
+    specs = [
+        WalkerSpec(start, ref, t, n, seed)
         for start, ref, t, n, seed in zip(
             starts, references, temperatures, quotas, seeds, strict=True
         )
     ]
+    return run_walkers(calc, specs, settings, selection)
+
+
+def run_walkers(
+    calc,
+    specs: Sequence[WalkerSpec],
+    settings: ExplorationSettings,
+    selection: SelectionSettings,
+) -> list[ExplorationDocument]:
+    """:func:`run_exploration_walkers` for a list of :class:`WalkerSpec` (the job's entry point)."""
+    if not specs:
+        raise ValueError("run_exploration_walkers needs at least one start structure")
+    # Every walker is validated (and its velocities drawn) before any MD starts.
+    walkers = [_Walker(calc, spec, settings, selection) for spec in specs]
     if settings.ensemble == "npt":
         logger.info("npt exploration is not batched: running %d walkers in turn", len(walkers))
         return [_run_single(calc, w) for w in walkers]

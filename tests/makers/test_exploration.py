@@ -11,6 +11,7 @@ from active_mlip.makers.exploration import (
     LOG_KEYS,
     ExplorationMaker,
     ExplorationSettings,
+    WalkerSpec,
     exploration_cache_key,
     run_exploration,
 )
@@ -281,9 +282,8 @@ def test_exploration_maker_caches_result(tmp_path, cui):
     assert second.reused and outs[1].reused
     assert second.log == first.log and second.cache_key == first.cache_key
     # One walker keeps the key a single-walker run always had.
-    assert first.cache_key == exploration_cache_key(
-        ensemble, cui, stats(**ACCEPT_ALL), 300.0, 5, maker.settings, maker.selection, 1
-    )
+    spec = WalkerSpec(cui, stats(**ACCEPT_ALL), 300.0, 5, 1)
+    assert first.cache_key == exploration_cache_key(ensemble, spec, maker.settings, maker.selection)
     assert [f.positions for f in second.frames] == [f.positions for f in first.frames]
     # frames and log are in the data store, not the job document
     store.connect()
