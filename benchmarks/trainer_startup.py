@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from active_mlip.core.frames import Frame  # noqa: E402
 from active_mlip.makers import mace_runner  # noqa: E402
-from active_mlip.makers.training import TrainingSettings, run_mace_training  # noqa: E402
+from active_mlip.makers.training import run_mace_training  # noqa: E402
+from active_mlip.workflows.presets import training_preset  # noqa: E402
 from benchmarks.training_cost import epoch_curve  # noqa: E402
 
 MODES = ("forkserver", "subprocess")
@@ -58,7 +59,7 @@ def main() -> None:
     data = frames(args.n_frames)
     n_valid = max(1, args.n_frames // 8)
     train, valid = data[n_valid:], data[:n_valid]
-    settings = TrainingSettings.preset(
+    settings = training_preset(
         args.preset, max_num_epochs=args.epochs, num_threads=args.threads, device="cpu"
     )
     wall: dict[str, list[float]] = {m: [] for m in MODES}

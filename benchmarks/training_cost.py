@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from active_mlip.core.frames import Frame  # noqa: E402
 from active_mlip.makers.labelling import CHGNetLabeller  # noqa: E402
 from active_mlip.makers.sampling import compute_force_constants, harmonic_samples  # noqa: E402
-from active_mlip.makers.training import TrainingSettings, run_mace_training, split_subset  # noqa: E402
+from active_mlip.makers.training import run_mace_training, split_subset  # noqa: E402
 from active_mlip.workflows.materials import get_structure  # noqa: E402
+from active_mlip.workflows.presets import training_preset  # noqa: E402
 
 TARGET_RATIO = 3.0
 #: Evaluations averaged for the scratch run's final level.
@@ -306,10 +307,10 @@ def main() -> None:
         f"{len(new)} new ({args.new_temperature:g} K), labelled in "
         f"{time.perf_counter() - t0:.0f} s"
     )
-    preset = TrainingSettings.preset(args.preset)
+    preset = training_preset(args.preset)
     # The loop's own budgets (scratch, warm) for the "as configured" comparison.
     budgets = (preset.max_num_epochs, preset.warm_start_epochs or preset.max_num_epochs)
-    settings = TrainingSettings.preset(
+    settings = training_preset(
         args.preset,
         n_sub=args.n_sub,
         n_seed=args.n_seed,

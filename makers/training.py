@@ -12,7 +12,7 @@ thread settings) never leaks into the worker. Trained
 members are cached by content (training data, labels, hyperparameters, seed, E0s and
 the parent model), so an interrupted run resumes without retraining.
 
-Over 500 lines on purpose: one stage and its checks (settings with their presets,
+Over 500 lines on purpose: one stage and its checks (settings and their validation,
 the partition into subsets, MACE's arguments and metrics, the member job with its
 retry, the gather); its parts change together when MACE's interface does.
 """
@@ -210,80 +210,6 @@ class TrainingSettings(Document):
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> TrainingSettings:
-        """Named settings: ``tiny`` (tests), ``quick`` (embedded CPU run), ``paper`` (GPU).
-
-        Parameters
-        ----------
-        name
-            "tiny", "quick" or "paper".
-        **overrides
-            Fields to change on top of the preset.
-        """
-        presets: dict[str, dict[str, Any]] = {
-            # Seconds per member on a CPU for ~10-20 frames of 8 atoms.
-            "tiny": dict(
-                r_max=4.5,
-                num_channels=16,
-                max_L=0,
-                correlation=2,
-                num_interactions=2,
-                num_radial_basis=6,
-                radial_mlp=[16, 16],
-                max_num_epochs=10,
-                batch_size=4,
-                lr=0.01,
-                energy_weight=10.0,
-                forces_weight=100.0,
-            ),
-            # The embedded 64-atom CuI run on 2 CPU cores: ~0.03 s per frame and epoch plus
-            # ~6 s start-up, i.e. 20-40 s per member for 20-40 frames per subset.
-            "quick": dict(
-                r_max=5.0,
-                num_channels=16,
-                max_L=0,
-                correlation=2,
-                num_interactions=2,
-                num_radial_basis=8,
-                radial_mlp=[32, 32],
-                max_num_epochs=30,
-                warm_start_epochs=15,
-                batch_size=4,
-                lr=0.01,
-                # The scratch rate: at 0.005 warm members needed 1.7x fewer epochs than
-                # scratch to the same error, at 0.01 2.6x, and 15 warm epochs ended at
-                # 62.8 vs 73.0 meV/Å (benchmarks/training_cost.py).
-                warm_start_lr=0.01,
-                energy_weight=10.0,
-                forces_weight=100.0,
-            ),
-            # Close to the paper's accuracy targets (meV/atom, a few meV/Å): for GPUs.
-            "paper": dict(
-                r_max=5.0,
-                num_channels=128,
-                max_L=1,
-                correlation=3,
-                num_interactions=2,
-                num_radial_basis=8,
-                radial_mlp=[64, 64, 64],
-                default_dtype="float64",
-                max_num_epochs=500,
-                warm_start_epochs=200,
-                patience=50,
-                batch_size=4,
-                lr=0.01,
-                warm_start_lr=0.002,
-                energy_weight=10.0,
-                forces_weight=100.0,
-                ema=True,
-                ema_decay=0.99,
-            ),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown training preset {name!r}; choose from {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
 
 
 # ------------------------------------------------------------------------------------

@@ -1,19 +1,9 @@
-"""Settings of an active-learning run: one pydantic object per concern, and presets.
+"""Settings of an active-learning run: one pydantic object per concern.
 
 ``ActiveLearningSettings`` gathers the per-stage settings (labeller, training,
-exploration, selection) with the loop's own (:class:`LoopSettings`). Presets give
-complete, tested combinations:
-
-``tiny``
-    the tests' settings: 8-atom CuI cell, 2 members of 16 channels, 30 epochs, and an
-    acceptance centred on the thermal ensemble's mean uncertainty (s = 0) so that the
-    quota always fills; a two-iteration run takes about a minute on 2 CPU cores.
-``quick``
-    the embedded main job: 64-atom CuI, 4 members, up to 5 iterations in about 10 min
-    on 2 CPU cores; acceptance centred at Ū + σ_U (s = 1) so that 8 ps of MD reliably
-    finds frames to label.
-``paper``
-    close to the paper's settings (n_sub=3, n_seed=2, larger MACE, longer MD); for GPUs.
+exploration, selection) with the loop's own (:class:`LoopSettings`);
+:meth:`ActiveLearningSettings.from_preset` builds one of the named presets of
+:mod:`active_mlip.workflows.presets` (``tiny``, ``quick``, ``paper``).
 """
 
 from __future__ import annotations
@@ -31,6 +21,7 @@ from active_mlip.makers.relax import RelaxationSettings
 from active_mlip.makers.selection import SelectionSettings
 from active_mlip.makers.training import TrainingSettings
 from active_mlip.stores.budget import LabelBudget
+from active_mlip.workflows.presets import PRESETS
 from active_mlip.workflows.routing import RoutingTable
 
 PresetName = Literal["tiny", "quick", "paper"]
@@ -185,7 +176,7 @@ class ActiveLearningSettings(Document):
         """
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-        data = PRESETS[name]().model_dump()
+        data = cls.model_validate(PRESETS[name]).model_dump()
         for section, values in overrides.items():
             if section not in data:
                 raise ValueError(f"unknown settings section {section!r}")
@@ -198,95 +189,3 @@ class ActiveLearningSettings(Document):
             else:  # another labeller kind: its fields replace the preset's
                 data[section] = values
         return cls.model_validate(data)
-
-
-def _tiny() -> ActiveLearningSettings:
-    return ActiveLearningSettings(
-        preset="tiny",
-        loop=LoopSettings(
-            temperatures=[300.0],
-            supercell=(1, 1, 1),
-            n_initial=20,
-            n_test=8,
-            n_new=6,
-            max_iterations=2,
-        ),
-        # 30 epochs cost little more than 10 (start-up dominates) and give an ensemble
-        # good enough that MD stays physical and selection has something to do.
-        training=TrainingSettings.preset("tiny", max_num_epochs=30),
-        exploration=ExplorationSettings(
-            timestep_fs=4.0,
-            loginterval=5,
-            budget_ps=1.6,
-            equilibration_ps=0.2,
-            thermal_window_ps=0.2,
-        ),
-        # s = 0: P_U = ½ at the thermal ensemble's mean uncertainty, so about half of the
-        # thermalised frames are accepted and the quota fills within a few frames. The tiny
-        # preset tests the machinery, which must not hinge on whether a short chaotic MD
-        # happens to cross Ū + 2σ_U; the paper's s = 2 is tested on its own (test_selection)
-        # and runs in the quick and paper presets.
-        selection=SelectionSettings(shift=0.0),
-    )
-
-
-def _quick() -> ActiveLearningSettings:
-    return ActiveLearningSettings(
-        preset="quick",
-        loop=LoopSettings(
-            temperatures=[300.0],
-            supercell=(2, 2, 2),
-            n_initial=32,
-            n_test=16,
-            n_new=12,
-            max_iterations=5,
-        ),
-        # M = 2 subsets x 2 seeds = 4 members, as in the benchmarks.
-        training=TrainingSettings.preset("quick", n_seed=2),
-        # Scored after 0.4 ps of thermalisation and a 0.8 ps thermal window; up to 8 ps of
-        # MLIP-MD per iteration (about 2 min on 2 cores) before an empty exploration stops.
-        exploration=ExplorationSettings(
-            timestep_fs=4.0,
-            loginterval=10,
-            budget_ps=8.0,
-            equilibration_ps=0.4,
-            thermal_window_ps=0.8,
-        ),
-        # s = 1 (P_U = ½ at Ū + σ_U of the walker's thermal window). With the paper's s = 2,
-        # P_U accepts ~3 % of frames that look like the window, and 40-fs-apart frames are
-        # correlated: 8 ps accepted 2 frames in one run and none in another (an EMA
-        # ensemble), a coin flip the main job must not hinge on. The paper preset keeps
-        # s = 2 with a 60 ps budget.
-        selection=SelectionSettings(shift=1.0),
-    )
-
-
-def _paper() -> ActiveLearningSettings:
-    return ActiveLearningSettings(
-        preset="paper",
-        loop=LoopSettings(
-            temperatures=[300.0],
-            supercell=None,
-            n_initial=90,
-            n_test=100,
-            n_new=90,
-            max_iterations=20,
-            force_mae_rtol=0.02,
-            uncertainty_rtol=0.05,
-            converge_window=3,
-        ),
-        training=TrainingSettings.preset("paper", n_sub=3, n_seed=2),
-        # CuI's Cu defect event appears after 38-46 ps of aiMD at 300 K: a budget that can
-        # reach it, after 1 ps of thermalisation and a 2 ps thermal window.
-        exploration=ExplorationSettings(
-            timestep_fs=2.0,
-            loginterval=10,
-            budget_ps=60.0,
-            equilibration_ps=1.0,
-            thermal_window_ps=2.0,
-        ),
-        selection=SelectionSettings(),
-    )
-
-
-PRESETS = {"tiny": _tiny, "quick": _quick, "paper": _paper}

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from active_mlip.makers import mace_runner
-from active_mlip.makers.training import TrainingSettings, run_mace_training
+from active_mlip.makers.training import run_mace_training
+from active_mlip.workflows.presets import training_preset
 from tests.makers.helpers_training import E0S, emt_frames
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,7 +34,7 @@ def test_launch_mode_reads_the_environment(monkeypatch):
 @pytest.mark.slow
 def test_forked_and_fresh_runs_train_the_same_member(tmp_path, monkeypatch):
     frames = emt_frames(8)
-    settings = TrainingSettings.preset("tiny", max_num_epochs=4, num_threads=1)
+    settings = training_preset("tiny", max_num_epochs=4, num_threads=1)
     metrics = {}
     for mode in ("forkserver", "subprocess"):
         monkeypatch.setenv(mace_runner.LAUNCH_ENV, mode)
@@ -63,9 +64,10 @@ def test_fork_server_keeps_its_import_warnings_off_the_terminal(tmp_path):
     # the run's log, and the server's import warnings go nowhere.
     code = (
         "import sys; from pathlib import Path; "
-        "from active_mlip.makers.training import TrainingSettings, run_mace_training; "
+        "from active_mlip.makers.training import run_mace_training; "
+        "from active_mlip.workflows.presets import training_preset; "
         "from tests.makers.helpers_training import E0S, emt_frames; "
-        "f = emt_frames(4); s = TrainingSettings.preset('tiny', max_num_epochs=1); "
+        "f = emt_frames(4); s = training_preset('tiny', max_num_epochs=1); "
         "run_mace_training(f[:3], f[3:], E0S, s, 1, Path(sys.argv[1]), device='cpu')"
     )
     env = {**os.environ, mace_runner.LAUNCH_ENV: "forkserver", "PYTHONPATH": str(REPO)}

@@ -22,6 +22,7 @@ from active_mlip.makers.training import (
     split_subset,
 )
 from active_mlip.stores.job_store import StoreSettings, make_job_store
+from active_mlip.workflows.presets import training_preset
 from tests.makers.helpers_training import E0S, emt_frames
 
 
@@ -86,15 +87,10 @@ def test_settings_validation_names_the_bad_value():
     for bad in (0.0, 1.0, 1.5, -0.2):
         with pytest.raises(ValueError, match=f"valid_fraction.*got {bad}"):
             TrainingSettings(valid_fraction=bad)
-    with pytest.raises(ValueError, match="unknown training preset 'huge'"):
-        TrainingSettings.preset("huge")
     with pytest.raises(ValueError, match="max_L"):
         TrainingSettings(max_L=5)
     ok = TrainingSettings(n_sub=1, n_seed=2)
     assert ok.n_members == 2
-    tiny, quick, paper = (TrainingSettings.preset(p) for p in ("tiny", "quick", "paper"))
-    assert tiny.num_channels < quick.radial_mlp[0] <= paper.num_channels
-    assert paper.max_L >= 1 and paper.correlation == 3 and paper.max_num_epochs >= 100
 
 
 def test_member_seeds_are_deterministic_and_distinct():
@@ -110,7 +106,7 @@ def test_member_seeds_are_deterministic_and_distinct():
 
 
 def test_make_rejects_bad_inputs_before_any_work():
-    maker = EnsembleTrainingMaker(settings=TrainingSettings.preset("tiny", n_sub=2))
+    maker = EnsembleTrainingMaker(settings=training_preset("tiny", n_sub=2))
     frames = emt_frames(6)
     with pytest.raises(ValueError, match="frame 2 has no energy"):
         maker.make(frames[:2] + [frames[2].unlabelled()] + frames[3:], E0S)
@@ -125,7 +121,7 @@ def test_make_rejects_bad_inputs_before_any_work():
 
 
 def test_warm_start_parent_is_skipped_when_it_cannot_apply():
-    settings = TrainingSettings.preset("tiny", n_sub=1, n_seed=2)
+    settings = training_preset("tiny", n_sub=1, n_seed=2)
     member = MemberDocument(
         index=0, subset=0, seed=1, model_file=Blob.from_bytes(b"x", "m"), n_train=1, n_valid=1
     )
@@ -154,7 +150,7 @@ def test_warm_start_parent_is_skipped_when_it_cannot_apply():
 
 def test_mace_failure_raises_with_the_log_tail(tmp_path):
     frames = emt_frames(4)
-    bad = TrainingSettings.preset("tiny", extra_args={"loss": "no_such_loss"})
+    bad = training_preset("tiny", extra_args={"loss": "no_such_loss"})
     with pytest.raises(RuntimeError, match="(?s)MACE training failed.*no_such_loss"):
         run_mace_training(frames[:3], frames[3:], E0S, bad, 1, tmp_path / "run", device="cpu")
 
@@ -167,7 +163,7 @@ def trained(tmp_path_factory):
     """One tiny ensemble (1 subset x 2 seeds) trained through run_locally, timed."""
     store = make_job_store(StoreSettings(local_path=tmp_path_factory.mktemp("store")))
     frames = emt_frames(12)
-    settings = TrainingSettings.preset("tiny", n_sub=1, n_seed=2, device="cpu")
+    settings = training_preset("tiny", n_sub=1, n_seed=2, device="cpu")
     maker = EnsembleTrainingMaker(settings=settings)
     flow = maker.make(frames, E0S)
     t0 = time.perf_counter()
@@ -271,7 +267,7 @@ def test_warm_start_beats_training_from_scratch(trained):
 def test_mace_arguments(tmp_path):
     from active_mlip.makers.training import _mace_args
 
-    s = TrainingSettings.preset("tiny", warm_start_epochs=3, warm_start_lr=0.001)
+    s = training_preset("tiny", warm_start_epochs=3, warm_start_lr=0.001)
     e0s = {"I": -0.25, "Cu": -1.5}
     cold = _mace_args(s, tmp_path, 11, "cpu", e0s, None, n_train=3)
     opts = dict(zip(cold[::2], cold[1::2], strict=False))
@@ -289,7 +285,7 @@ def test_mace_arguments(tmp_path):
     assert wopts["--batch_size"] == "4"
     assert "--ema" not in cold and "--ema_decay" not in cold
     # The paper preset validates (and keeps) an EMA of the weights, warm runs too.
-    p = TrainingSettings.preset("paper")
+    p = training_preset("paper")
     pwarm = _mace_args(p, tmp_path, 11, "cpu", e0s, tmp_path / "p.model", n_train=30)
     assert pwarm.count("--ema") == 1 and pwarm[pwarm.index("--ema_decay") + 1] == "0.99"
     assert pwarm[pwarm.index("--lr") + 1] == "0.002"
@@ -313,9 +309,7 @@ def test_diverging_member_is_retried_then_marked_failed(tmp_path):
 
     store = make_job_store(StoreSettings(local_path=tmp_path / "store"))
     # A learning rate of 1e6 makes MACE's loss NaN within the first epoch (MACE goes on).
-    settings = TrainingSettings.preset(
-        "tiny", n_sub=1, n_seed=2, device="cpu", lr=1e6, max_num_epochs=2
-    )
+    settings = training_preset("tiny", n_sub=1, n_seed=2, device="cpu", lr=1e6, max_num_epochs=2)
     doc = _member(emt_frames(6), settings, store, tmp_path)
     seed = settings.member_seed(0, 0)
     assert doc.failed and doc.model_file is None
@@ -358,7 +352,7 @@ def test_gather_drops_failed_members_and_needs_two(trained):
     failed = MemberDocument(
         index=2, subset=0, seed=5, n_train=8, n_valid=2, failed=True, failure="diverged"
     )
-    settings = TrainingSettings.preset("tiny", n_sub=1, n_seed=3)
+    settings = training_preset("tiny", n_sub=1, n_seed=3)
     doc = gather_ensemble.original([*ok, failed], E0S, settings)
     assert [m.index for m in doc.members] == [0, 1]
     assert doc.dropped_members == [{"index": 2, "reason": "diverged"}]
