@@ -49,7 +49,7 @@ from active_mlip.makers.labelling import LabelMaker, validate_frames
 from active_mlip.makers.relax import RelaxMaker, check_can_relax
 from active_mlip.makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker
 from active_mlip.workflows import policy
-from active_mlip.workflows.iteration import IterationMaker
+from active_mlip.workflows.iteration import IterationMaker, TrainingInputs
 from active_mlip.workflows.jobs import (
     check_trajectory,
     concat_frames,
@@ -211,16 +211,11 @@ class ActiveLearningMaker(Maker):
             initial=init.uuid,
             label=label.uuid,
         )
+        inputs = TrainingInputs(
+            material=material, e0s=e0s, fc=fc.output, test_frames=init.output.test.frames
+        )
         jobs += self.iteration_maker.train_evaluate_decide(
-            material,
-            init,
-            0,
-            e0s,
-            None,
-            fc.output,
-            init.output.test.frames,
-            refs,
-            screening=self.screening_maker,
+            init, 0, inputs, refs, screening=self.screening_maker
         )
         flow = Flow(jobs, output=jobs[-1].output, name=f"{material} {self.name}")
         route(flow, settings.routing)

@@ -66,6 +66,33 @@ def light(state: LoopState) -> LoopState:
 
 
 @dataclass
+class TrainingInputs:
+    """What an iteration's training and evaluation read besides the loop state.
+
+    Built where a flow is built, so the fields may be output references.
+
+    Parameters
+    ----------
+    material
+        Name used in job names.
+    e0s
+        Isolated-atom energies (eV) by element.
+    fc
+        The force constants document (its ``reference`` frame anchors the ensemble).
+    test_frames
+        The labelled test set.
+    previous
+        The last ensemble (a warm start's parent), ``None`` for the first.
+    """
+
+    material: str
+    e0s: Any
+    fc: Any
+    test_frames: Any
+    previous: Any = None
+
+
+@dataclass
 class IterationMaker(Maker):
     """Explore with the current ensemble, label what it found, retrain, evaluate, decide.
 
@@ -165,13 +192,9 @@ class IterationMaker(Maker):
 
     def train_evaluate_decide(
         self,
-        material: str,
         state_job: Job,
         iteration: int,
-        e0s: Any,
-        previous: Any,
-        fc: Any,
-        test_frames: Any,
+        inputs: TrainingInputs,
         refs: LoopRefs,
         screening: Maker | None = None,
     ) -> list[Job]:
@@ -183,13 +206,14 @@ class IterationMaker(Maker):
         ``decide`` runs after the first ensemble (typed ``Maker``: the screening module
         builds on this one, not the reverse).
         """
+        material, previous, fc = inputs.material, inputs.previous, inputs.fc
         warm = previous if self.training_maker.settings.warm_start else None
         train = self.training_maker.make(
-            state_job.output.train.frames, e0s, previous=warm, reference_frame=fc.reference
+            state_job.output.train.frames, inputs.e0s, previous=warm, reference_frame=fc.reference
         )
         train.name = f"{material} it{iteration} train"
         tag(train, "training", prefix=f"{material} it{iteration}", iteration=iteration)
-        evaluate = self.evaluation_maker.make(train.output, test_frames, fc)
+        evaluate = self.evaluation_maker.make(train.output, inputs.test_frames, fc)
         evaluate.name = f"{material} it{iteration} evaluate"
         tag(evaluate, "evaluation", iteration=iteration)
         refs = refs.model_copy(
@@ -392,16 +416,15 @@ def proceed(
     new_state.name = f"{material} it{i + 1} merge"
     tag(new_state, "glue", iteration=i + 1)
     jobs: list[Job | Flow] = [links, label, topped, new_state]
-    jobs += iteration.train_evaluate_decide(
-        material,
-        new_state,
-        i + 1,
-        state.e0s,
-        links.output["ensemble"],
-        links.output["fc"],
-        links.output["initial"].test.frames,
-        refs.model_copy(update={"label": label.uuid}),
+    inputs = TrainingInputs(
+        material=material,
+        e0s=state.e0s,
+        fc=links.output["fc"],
+        test_frames=links.output["initial"].test.frames,
+        previous=links.output["ensemble"],
     )
+    refs = refs.model_copy(update={"label": label.uuid})
+    jobs += iteration.train_evaluate_decide(new_state, i + 1, inputs, refs)
     flow = Flow(jobs, output=jobs[-1].output, name=f"{material} iteration {i + 1} training")
     route(flow, settings.routing)
     return Response(replace=flow)

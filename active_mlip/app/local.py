@@ -184,8 +184,6 @@ def run_local(
     return summary
 
 
-
-
 def _count_work(responses: dict[str, dict[int, Any]]) -> dict[str, int]:
     """Labels and members computed vs reused in this invocation."""
     counts = {"labels_computed": 0, "labels_reused": 0, "members_trained": 0, "members_reused": 0}
