@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from ase.optimize import FIRE
 from jobflow import Maker, job
 from pydantic import ConfigDict, Field
 
@@ -355,7 +356,6 @@ def screening_verdict(
 
 def relax(atoms, calc, fmax: float, steps: int) -> tuple[Any, bool]:
     """Relax positions (cell fixed) with ``calc``; returns (atoms, converged)."""
-    from ase.optimize import FIRE
 
     atoms = atoms.copy()
     atoms.calc = calc

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.data import atomic_numbers as ATOMIC_NUMBERS
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -220,6 +220,7 @@ class EnsembleCalculator(Calculator):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        # MACE (and torch) load only in the process that evaluates or trains
         from mace.tools import utils as mace_utils
 
         if len(models) == 0:
@@ -348,8 +349,6 @@ class EnsembleCalculator(Calculator):
         """Evaluate every member on one graph of ``atoms``; fill ``self.results``."""
         super().calculate(atoms, properties, system_changes)
         if properties and "stress" in properties and not self.compute_stress:
-            from ase.calculators.calculator import PropertyNotImplementedError
-
             raise PropertyNotImplementedError("stress: calculator built with compute_stress=False")
         self.results = self.evaluate([self.atoms])[0]
 
@@ -385,6 +384,7 @@ class EnsembleCalculator(Calculator):
 
     def _batch(self, atoms_list: Sequence[Atoms]):
         """One torch_geometric batch holding the neighbour graphs of all structures."""
+        # MACE (and torch) load only in the process that evaluates or trains
         from mace import data as mace_data
         from mace.tools import torch_geometric
 

@@ -33,20 +33,26 @@ path, and a reader comparing them wants them side by side.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import io
 import math
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any, ClassVar, Literal
 
+import ase
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
+from ase.calculators.emt import EMT
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import GPa
 from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pymatgen.core.units import Ha_to_eV, bohr_to_ang
+from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.core.documents import Document, as_model, without_mson_keys
 from active_mlip.core.frames import Frame
@@ -184,6 +190,7 @@ _CHGNET_CALCULATORS: dict[tuple[str, str], Calculator] = {}
 def _chgnet_calculator(model_name: str, device: str) -> Calculator:
     key = (model_name, device)
     if key not in _CHGNET_CALCULATORS:
+        # CHGNet (and torch) load only where the labeller runs
         from chgnet.model import CHGNet
         from chgnet.model.dynamics import CHGNetCalculator
 
@@ -227,8 +234,6 @@ class CHGNetLabeller(_InProcessLabeller):
         return v
 
     def _identity_parts(self) -> tuple[str, str, dict[str, Any], bool]:
-        from importlib.metadata import version
-
         return "chgnet", version("chgnet"), {"model": self.model_name}, False
 
     def supported_elements(self) -> set[str]:
@@ -288,10 +293,6 @@ class ASECalculatorLabeller(_InProcessLabeller):
         return v
 
     def _identity_parts(self) -> tuple[str, str, dict[str, Any], bool]:
-        from importlib.metadata import PackageNotFoundError, version
-
-        import ase
-
         top = self.calculator.split(".")[0]
         try:
             pkg = version(top)
@@ -309,7 +310,6 @@ class ASECalculatorLabeller(_InProcessLabeller):
     def supported_elements(self) -> set[str] | None:
         if self.elements is not None:
             return set(self.elements)
-        from ase.calculators.emt import EMT
 
         cls = self.calculator_class()
         if isinstance(cls, type) and issubclass(cls, EMT):
@@ -352,8 +352,6 @@ class Atomate2Labeller(_LabellerBase):
     in_process: ClassVar[bool] = False
 
     def _identity_parts(self) -> tuple[str, str, dict[str, Any], bool]:
-        from importlib.metadata import version
-
         settings = {
             "input_set_kwargs": self.input_set_kwargs,
             "maker_kwargs": self.maker_kwargs,
@@ -365,6 +363,7 @@ class Atomate2Labeller(_LabellerBase):
         """The atomate2 ``StaticMaker`` that runs one single point."""
         gen_kwargs = {k: _copy(v) for k, v in self.input_set_kwargs.items()}
         if self.code == "cp2k":
+            # atomate2 loads only for a DFT labeller, and only its code's Makers
             from atomate2.cp2k.jobs.core import StaticMaker
             from atomate2.cp2k.sets.core import StaticSetGenerator
 
@@ -390,8 +389,6 @@ class Atomate2Labeller(_LabellerBase):
 
 
 def _copy(obj: Any) -> Any:
-    import copy
-
     return copy.deepcopy(obj)
 
 
@@ -478,7 +475,6 @@ def normalise_dft_output(
         energy (eV), forces (N, 3) eV/Å, stress (Voigt, eV/Å^3, tensile positive);
         each ``None`` where absent.
     """
-    from pymatgen.core.units import Ha_to_eV, bohr_to_ang
 
     # pymatgen converted the CP2K energy with its (CODATA 2018) Hartree; the forces
     # must use the same constants to stay the energy's derivative.
@@ -661,8 +657,6 @@ def build_dft_flow(
             for i, (f, p) in enumerate(zip(frames, cached, strict=True))
         }
         return _batch(identity, len(frames), labelled, [], len(frames), t0)
-
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     maker = labeller.static_maker()
     statics = []

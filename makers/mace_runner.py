@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from multiprocessing import forkserver, spawn
 from pathlib import Path
 
 from active_mlip.core.environment import MACE_LAUNCH_ENV, environment
@@ -55,7 +56,6 @@ def _start_quietly() -> None:
     fresh ``python -c`` used to write into each run's log; the server would write them
     to the user's terminal. Each run redirects its own output to its log.
     """
-    from multiprocessing import forkserver
 
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -128,7 +128,6 @@ def run_forked(target: Callable[..., object], *args: object) -> int:
 @contextlib.contextmanager
 def _main_not_imported() -> Iterator[None]:
     """Leave the caller's main module out of the data a starting child prepares from."""
-    from multiprocessing import spawn
 
     original = spawn.get_preparation_data
 
@@ -152,6 +151,7 @@ def _main(args: list[str]) -> None:
     seconds on a CPU) and swallows any exception raised there; we only ever use the
     plain ``.model`` file.
     """
+    # MACE (and torch) load only in the process that evaluates or trains
     from e3nn.util import jit
 
     def _no_compile(*a: object, **k: object) -> None:
@@ -176,6 +176,7 @@ def _child(args: list[str], workdir: str, log_path: str, threads: int, env: dict
     os.dup2(fd, 2)
     os.close(fd)
     os.chdir(workdir)
+    # torch loads only where a model trains or runs
     import torch
 
     torch.set_num_threads(threads)

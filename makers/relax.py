@@ -27,7 +27,10 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError
+from ase.constraints import FixSymmetry
+from ase.filters import FrechetCellFilter
 from ase.geometry import find_mic
+from ase.optimize import BFGS, FIRE
 from ase.units import GPa
 from jobflow import JobConfig, Maker, job
 from pydantic import ConfigDict, Field
@@ -153,9 +156,6 @@ def relax_structure(
     ValueError
         If ``relax_cell`` is asked of a calculator that gives no stress.
     """
-    from ase.constraints import FixSymmetry
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import BFGS, FIRE
 
     settings = settings or RelaxationSettings()
     t0 = time.perf_counter()

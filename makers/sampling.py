@@ -113,6 +113,7 @@ class HarmonicSamplesDocument(Document):
 # -- phonopy helpers -----------------------------------------------------------------------
 def _phonopy(supercell: Frame, symprec: float):
     """Phonopy object whose *unit cell is our supercell*, so its atom order is ours."""
+    # phonopy loads only where force constants are computed
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 

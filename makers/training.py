@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from ase.data import atomic_numbers as _ATOMIC_NUMBERS
 from ase.data import chemical_symbols
+from ase.io import write
 from jobflow import Flow, JobConfig, Maker, job
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -207,6 +208,7 @@ class TrainingSettings(Document):
         """'cpu' or 'cuda'; 'auto' becomes 'cuda' when torch sees a GPU here."""
         if self.device != "auto":
             return self.device
+        # torch loads only where a model trains or runs
         import torch
 
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -333,7 +335,6 @@ def _check_pool(frames: list[Frame], e0s: dict[str, float], settings: TrainingSe
 # ------------------------------------------------------------------------------------
 def _write_mace_xyz(frames: list[Frame], path: Path) -> None:
     """Write labels under explicit keys MACE reads via --energy_key/--forces_key."""
-    from ase.io import write
 
     images = []
     for f in frames:
@@ -487,6 +488,7 @@ def run_mace_training(
     _write_mace_xyz(valid, workdir / "valid.xyz")
     device = device or settings.resolved_device()
     if device == "cuda":
+        # torch loads only where a model trains or runs
         import torch
 
         if not torch.cuda.is_available():
@@ -530,6 +532,7 @@ def training_failure(
         return f"training diverged: non-finite {', '.join(bad)}"
     if not frames:
         return None
+    # MACE (and torch) load only in the process that evaluates or trains
     from mace.calculators import MACECalculator
 
     calc = MACECalculator(

@@ -38,7 +38,11 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
 from ase.data import covalent_radii
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.neighborlist import neighbor_list
 
 from active_mlip.core.frames import Frame
 from active_mlip.makers.exploration_settings import (
@@ -70,7 +74,6 @@ def _validate_run_args(temperature: float, n_new: int) -> None:
 
 def _close_contact(atoms: Atoms, fraction: float) -> str | None:
     """Describe the worst pair closer than ``fraction`` x (sum of covalent radii), or None."""
-    from ase.neighborlist import neighbor_list
 
     radii = covalent_radii[atoms.numbers]
     cutoff = fraction * 2 * float(radii.max())
@@ -131,9 +134,6 @@ _LANGEVIN_VERSION = 5
 def _make_dynamics(atoms: Atoms, temperature: float, s: ExplorationSettings, rng):
     dt = s.timestep_fs * units.fs
     if s.ensemble == "nvt":
-        from ase.constraints import FixCom
-        from ase.md.langevin import Langevin
-
         # FixCom instead of the deprecated fixcm=True (which biases small systems).
         atoms.set_constraint(FixCom())
         return Langevin(
@@ -230,8 +230,6 @@ class _Walker:
         ):
             atoms.set_velocities(np.asarray(start.info["velocities"], dtype=float))
         else:
-            from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
-
             MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng_velocities)
             Stationary(atoms)
         self.atoms = atoms
@@ -565,7 +563,6 @@ def run_walker(
 # -- batched walkers -------------------------------------------------------------------------
 def _check_replicable(dyn) -> None:
     """Refuse a Langevin object whose step the batched integrator would not reproduce."""
-    from ase.constraints import FixCom
 
     version = getattr(type(dyn), "_lgv_version", None)
     if version != _LANGEVIN_VERSION:

@@ -221,6 +221,7 @@ def load_campaign(path: str | Path) -> tuple[Campaign, ActiveLearningSettings]:
         For unreadable YAML, unknown keys or materials, bad values; each problem is
         reported as ``file:line: location: message``.
     """
+    # ruamel.yaml loads only when a campaign file is read
     from ruamel.yaml import YAML
     from ruamel.yaml.error import YAMLError
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jobflow import Flow, Job, JobConfig, Maker, Response, job
+from monty.json import MontyDecoder
 
 from active_mlip.core.documents import as_model
 from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker
@@ -232,8 +233,6 @@ class IterationMaker(Maker):
 def decoded(obj: Any) -> Any:
     """An argument as the object it serialises (a runner may hand over its MSON dict)."""
     if isinstance(obj, dict) and "@module" in obj:
-        from monty.json import MontyDecoder
-
         return MontyDecoder().process_decoded(obj)
     return obj
 

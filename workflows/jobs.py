@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import numpy as np
+from ase import Atoms
 from jobflow import CURRENT_JOB, Flow, JobConfig, OutputReference, Response, job
 
 from active_mlip.core.documents import as_model, without_mson_keys
@@ -550,8 +551,6 @@ def check_trajectory(path: str, reference: Frame, needed: int) -> None:
 
 
 def _formula(numbers: list[int]) -> str:
-    from ase import Atoms
-
     return f"{Atoms(numbers=numbers).get_chemical_formula()} ({len(numbers)} atoms)"
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import yaml
 from ase.data import covalent_radii
+from ase.io import read
 from pydantic import BaseModel, ConfigDict, Field
 from pymatgen.core import Composition, Element, Lattice, Structure
+from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.symmetry.groups import SpaceGroup
 
 from active_mlip.core.blobs import verify_listed
@@ -129,8 +131,6 @@ def read_structure(path: str | Path) -> Structure:
 
 def _read_with_ase(path: Path) -> Structure:
     """Read ``path`` with ASE; every failure becomes a ValueError that says what to fix."""
-    from ase.io import read
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     fix = "Give a CIF, POSCAR or extxyz file with a periodic cell."
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from jobflow import Flow, Job
+from jobflow.core.job import store_inputs
 from pydantic import ConfigDict, Field
 
 from active_mlip.core.documents import Document
@@ -106,7 +107,6 @@ def route_output_jobs(flow: Job | Flow, table: RoutingTable) -> None:
     registers, once on the submitted flow, a dynamic config update that gives every
     such job (in every later iteration too) the ``glue`` category.
     """
-    from jobflow.core.job import store_inputs
 
     category = table.category("glue")
     flow.update_config(

@@ -130,6 +130,7 @@ def outcome_from_error(material: str, exc: BaseException, trace: str = "") -> Ma
 
 
 def _plt():
+    # matplotlib loads only when a plot is drawn (and picks its headless backend first)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -6,9 +6,11 @@ Commands import what they need when they run (function-local imports throughout)
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -135,7 +137,6 @@ def run(
     reference) and only flagged ones continue with active learning; the campaign report
     lands in WORKDIR/report/.
     """
-    import warnings
 
     from pydantic import ValidationError
     from rich.markup import escape  # messages quote lists like [nan], which rich would eat
@@ -232,6 +233,7 @@ def _run_campaign(
     restart: bool,
 ) -> None:
     """``active-mlip run --campaign …``: screen materials, learn where flagged, report."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from pydantic import ValidationError
     from rich.markup import escape
 
@@ -250,8 +252,6 @@ def _run_campaign(
         except CampaignError as exc:
             _fail(escape(str(exc)))
     else:
-        import difflib
-
         known = sorted(builtin_campaigns())
         close = difflib.get_close_matches(campaign, known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else ""

@@ -35,6 +35,7 @@ def _fail(msg: str) -> None:
 
 
 def _launchpad(timeout: float):
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.launchpad import load_launchpad
     from active_mlip.stores.mongo import DatabaseUnreachableError, InsecureConfigError
 
@@ -68,6 +69,7 @@ def submit(
     Submitting the same campaign again adds nothing; a material already submitted
     with other settings is reported and left alone.
     """
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.submit import check_routing, submit_campaign
     from active_mlip.workflows.campaign import CampaignError, load_campaign
 
@@ -102,6 +104,7 @@ def submit(
 
 def _index_outputs(timeout: float) -> None:
     """Index the job store for ``status``; a store that cannot be reached is only warned of."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.status import ensure_output_indexes
     from active_mlip.stores.mongo import DatabaseUnreachableError
     from active_mlip.stores.worker_store import client_job_store
@@ -123,6 +126,7 @@ def status(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """One row per material: state, iteration, labels, latest test force MAE, fireworks."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.status import campaign_status
     from active_mlip.stores.mongo import DatabaseUnreachableError
     from active_mlip.stores.worker_store import client_job_store
@@ -176,6 +180,7 @@ def report(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Write the campaign report (MAE histograms, flagged materials, learning curves)."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.campaign_report import MaterialOutcome, outcomes_from_store, write_report
     from active_mlip.app.status import campaign_status
     from active_mlip.stores.mongo import DatabaseUnreachableError
@@ -218,6 +223,7 @@ def restart(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Rerun lost and fizzled fireworks; every label/member already computed is reused."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.status import restart_campaign
 
     lp = _launchpad(timeout)
@@ -243,6 +249,7 @@ def webgui(
     Basic auth from $ACTIVE_MLIP_WEBGUI_USERNAME / $ACTIVE_MLIP_WEBGUI_PASSWORD; required
     for any address other than loopback.
     """
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.workers import (
         serve_webgui,
         webgui_app,
@@ -272,6 +279,7 @@ def launch(
     timeout: Annotated[float, _TIMEOUT] = 5.0,
 ) -> None:
     """Run fireworks here (``rlaunch rapidfire`` with credentials from the environment)."""
+    # deferred: `active-mlip --help` and the other commands start without the loop's stack
     from active_mlip.app.workers import run_worker
 
     if not worker_file.is_file():

@@ -42,6 +42,7 @@ def check_launchpad_file(path: str | Path) -> dict[str, Any]:
 
 def launchpad_from_uri(uri: str, timeout_ms: int = 5000) -> LaunchPad:
     """A LaunchPad on ``uri``; database from the URI path, ${FW_DB_ENV} or "fireworks"."""
+    # FireWorks loads only for the commands that use it
     from fireworks import LaunchPad
     from pymongo.uri_parser import parse_uri
 
@@ -79,6 +80,7 @@ def load_launchpad(
     DatabaseUnreachableError
         When ``ping`` and the server does not answer within ``timeout_ms``.
     """
+    # FireWorks loads only for the commands that use it
     from fireworks import LaunchPad
 
     env = environment()

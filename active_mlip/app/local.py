@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,7 @@ def run_local(
         When ``$ACTIVE_MLIP_MONGO_URI`` names a MongoDB that does not answer, before the
         run or during it; what was stored is kept and the same call resumes.
     """
+    # jobflow's runner loads only when a run starts (`--help` stays fast)
     from jobflow import run_locally
 
     workdir = Path(workdir).resolve()
@@ -329,7 +331,6 @@ NUMERIC_PACKAGES = (
 
 def package_versions() -> dict[str, str | None]:
     """Installed versions of :data:`NUMERIC_PACKAGES` (None where one is missing)."""
-    from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
     for name in NUMERIC_PACKAGES:

@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def _plt():
+    # matplotlib loads only when a plot is drawn (and picks its headless backend first)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -80,6 +80,7 @@ def to_workflow(
     jobs the flow creates while it runs. The jobs jobflow inserts when a controller
     replaces itself are routed with ``routing``'s glue category.
     """
+    # FireWorks loads only for the commands that use it
     from jobflow.managers.fireworks import flow_to_workflow
 
     route_output_jobs(flow, routing or RoutingTable())

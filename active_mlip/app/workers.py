@@ -33,6 +33,7 @@ def run_worker(
 
     ``nlaunches``: 0 = until nothing is ready, -1 = keep polling (stop with ``timeout``).
     """
+    # FireWorks loads only for the commands that use it
     from fireworks import FWorker
     from fireworks.core.rocket_launcher import rapidfire
 
@@ -65,6 +66,7 @@ def webgui_app(
     campaign: str | None = None,
 ) -> Any:
     """FireWorks' Flask web GUI on ``lp``, behind basic auth when credentials are given."""
+    # FireWorks loads only for the commands that use it
     from fireworks.flask_site.app import app
 
     if bool(username) != bool(password):
@@ -83,6 +85,7 @@ def serve_webgui(app: Any, host: str = "127.0.0.1", port: int = 5000, workers: i
             f"refusing to serve the web GUI on {host} without authentication: set "
             f"{WEBGUI_USER_ENV} and {WEBGUI_PASSWORD_ENV}, or use 127.0.0.1 and an SSH tunnel"
         )
+    # FireWorks loads only for the commands that use it
     from fireworks.flask_site.gunicorn import StandaloneApplication
 
     # One worker unless FWAPP_SECRET_KEY is set: each worker otherwise draws its own session key.

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 def _plain(value: Any) -> Any:
     """Fallback for values pydantic cannot dump (numpy arrays in free-form dicts)."""
+    # only for the rare value pydantic cannot dump: the documents' base stays light
     import numpy as np
 
     if isinstance(value, np.ndarray):

@@ -173,6 +173,7 @@ def frames_from_atoms(images: Iterable[Atoms], **info: Any) -> list[Frame]:
 
 def write_extxyz(frames: Sequence[Frame], path: str | Path) -> Path:
     """Write frames with their labels and ``info`` to an extended-XYZ file."""
+    # ase.io (its many format modules) loads only when a file is read or written
     from ase.io import write
 
     path = Path(path)
@@ -201,6 +202,7 @@ def read_images(path: str | Path, index: str = ":", what: str = "structure") -> 
     listed in a ``SHA256SUMS`` in its directory or the one above (an exported run) is
     checked against it first (:func:`active_mlip.core.blobs.verify_listed`).
     """
+    # ase.io (its many format modules) loads only when a file is read or written
     from ase.io import read
 
     path = Path(path)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from jobflow import CURRENT_JOB
 from maggma.core import Store
+from monty.json import jsanitize
 
 T = TypeVar("T")
 
@@ -26,7 +28,6 @@ class ResultCache:
     @classmethod
     def from_current_job(cls) -> ResultCache:
         """The cache of the JobStore the running job was given (needs ``expose_store``)."""
-        from jobflow import CURRENT_JOB
 
         store = getattr(CURRENT_JOB, "store", None)
         cache = None if store is None else store.additional_stores.get("cache")
@@ -49,7 +50,6 @@ class ResultCache:
         if self.store is None:
             return
         self._ensure()
-        from monty.json import jsanitize
 
         doc = {"cache_key": key, "kind": kind, "payload": jsanitize(payload, strict=True)}
         self.store.update([doc], key="cache_key")

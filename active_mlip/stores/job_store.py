@@ -20,9 +20,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from jobflow import JobStore
+from jobflow.core import reference as jf_reference
 from jobflow.core.reference import OnMissing
 from maggma.core import Store
+from maggma.stores import GridFSStore, MongoStore
 from pydantic import Field
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from active_mlip.core.documents import Document
 from active_mlip.core.environment import MONGO_URI_ENV, STORE_FILE_ENV, environment
@@ -105,7 +109,6 @@ class BlobsFirstJobStore(JobStore):
         one = isinstance(which, int) or which in {"last", "first"}
         if not (self.skip_reference_walk and one):
             return super().get_output(uuid, which, load, cache, on_missing)
-        from jobflow.core.reference import find_and_get_references, find_and_resolve_references
 
         criteria: dict[str, Any] = {"uuid": uuid}
         if isinstance(which, int):
@@ -122,9 +125,11 @@ class BlobsFirstJobStore(JobStore):
         output = result["output"]
         if not may_hold_reference(output):
             return output
-        if any(ref.uuid == uuid for ref in find_and_get_references(output)):
+        if any(ref.uuid == uuid for ref in jf_reference.find_and_get_references(output)):
             raise RuntimeError("Reference cycle detected - aborting.")
-        return find_and_resolve_references(output, self, cache=cache, on_missing=on_missing)
+        return jf_reference.find_and_resolve_references(
+            output, self, cache=cache, on_missing=on_missing
+        )
 
 
 def may_hold_reference(obj: Any) -> bool:
@@ -135,6 +140,7 @@ def may_hold_reference(obj: Any) -> bool:
     """
     if obj is None or isinstance(obj, str | int | float | bool):
         return False
+    # pymongo's bson only for a value that may hold a reference (rare)
     import bson
     from bson.errors import BSONError
 
@@ -150,8 +156,6 @@ def make_job_store(settings: StoreSettings) -> JobStore:
     uri = settings.resolved_uri()
     p = settings.prefix
     if uri:
-        from maggma.stores import GridFSStore, MongoStore
-
         db = environment().mongo_db or settings.database
         kw = {"database": db}
         if settings.server_selection_timeout_ms:
@@ -194,8 +198,6 @@ def store_unreachable(settings: StoreSettings, timeout_ms: int = 3000) -> str | 
     uri = settings.resolved_uri()
     if not uri:
         return None
-    from pymongo import MongoClient
-    from pymongo.errors import PyMongoError
 
     client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms)
     try:

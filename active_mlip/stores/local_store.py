@@ -170,17 +170,20 @@ class IndexedMontyStore(MontyStore):
         return self._collection.codec_options
 
     def _decode(self, raw: bytes) -> dict:
+        # montydb's internals load only when the local store is used
         from montydb.types import bson
 
         return bson.document_decode(raw, codec_options=self._codec())
 
     def _encode(self, doc: dict) -> bytes:
+        # montydb's internals load only when the local store is used
         from montydb.types import bson
 
         return bson.document_encode(doc, check_keys=False, codec_options=self._codec())
 
     @staticmethod
     def _row_key(_id: Any) -> bytes:
+        # montydb's internals load only when the local store is used
         from montydb.types import bson
 
         return bson.id_encode(_id)
@@ -242,6 +245,7 @@ class IndexedMontyStore(MontyStore):
         skip: int = 0,
         limit: int = 0,
     ) -> list[dict]:
+        # montydb's internals load only when the local store is used
         from montydb.engine.project import Projector
         from montydb.engine.queries import QueryFilter, ordering
 
@@ -303,6 +307,7 @@ class IndexedMontyStore(MontyStore):
         if not self.indexed:
             super().update(docs, key)
             return
+        # montydb's internals load only when the local store is used
         import bson
         from montydb.base import validate_ok_for_replace
 

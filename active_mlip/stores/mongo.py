@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pymongo.errors import OperationFailure, PyMongoError
 
 from active_mlip.core.environment import MONGO_URI_ENV
 
@@ -33,7 +35,6 @@ def uri_hosts(uri: str) -> str:
 
 def check_connection(client: Any, where: str) -> None:
     """Ping a MongoClient; raise :class:`DatabaseUnreachableError` naming ``where``."""
-    from pymongo.errors import OperationFailure, PyMongoError
 
     try:
         client.admin.command("ping")
@@ -70,8 +71,6 @@ def read_private_yaml(path: str | Path, what: str) -> dict[str, Any]:
     ValueError
         If the file is missing or not a mapping.
     """
-    import re
-    import stat
 
     path = Path(path)
     if not path.is_file():

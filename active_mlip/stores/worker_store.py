@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from jobflow import JobStore
+from maggma.stores import MemoryStore
+from pymongo import MongoClient
 
 from active_mlip.stores.job_store import BlobsFirstJobStore, StoreSettings, make_job_store
 from active_mlip.stores.mongo import (
@@ -30,8 +32,6 @@ class EnvJobStore(BlobsFirstJobStore):
     """
 
     def __init__(self, database: str = "active_mlip", prefix: str = "active_mlip", **_: Any):
-        from maggma.stores import MemoryStore
-
         self.settings = StoreSettings(database=database, prefix=prefix)
         self.configured = self.settings.resolved_uri() is not None
         if self.configured:
@@ -69,7 +69,6 @@ def client_job_store(timeout_ms: int = 5000) -> JobStore:
     if not uri:
         raise ValueError(f"set {MONGO_URI_ENV} to read job outputs. {DEPLOY_HINT}")
     store = make_job_store(settings)
-    from pymongo import MongoClient
 
     client = MongoClient(uri, serverSelectionTimeoutMS=timeout_ms)
     try:
