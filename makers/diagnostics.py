@@ -9,15 +9,23 @@ reference labeller labels a few of those frames and the MLIP-relaxed end states,
 :func:`screening_verdict` compares:
 
 missing
-    along the trajectory the ensemble uncertainty exceeds the test set's Ū + k·σ_U in
-    more than ``spike_fraction`` of the scored frames, or a checked frame's force error
-    or its reference σ^A exceeds the test set's mean + k·std (and ``min_ratio`` × mean):
-    the MD reached configurations that the training data do not describe.
+    along the trajectory more than ``spike_fraction`` of the scored frames have an
+    ensemble uncertainty above the level one in-distribution frame exceeds with
+    probability ``frame_alpha``; or a checked frame's force error or its reference σ^A
+    lies above the level that any of the checked frames exceeds by chance with
+    probability ``alpha`` (and ``min_ratio`` × the test mean): the MD reached
+    configurations that the training data do not describe.
 hallucinated
-    a checked frame or an MLIP minimum has a reference energy far above the ensemble's
-    prediction (more than the test set's signed error mean + k·std, at least
-    ``energy_gap_meV_per_atom``), or the reference exerts large forces at the MLIP
-    minimum (max |F| > ``residual_force``): the reference would relax away from it.
+    relative to the ground state R0, a checked frame or an MLIP minimum has a reference
+    energy far above the ensemble's prediction (a total energy per event, in eV: beyond
+    the test set's errors at chance ``alpha`` and at least ``energy_gap_eV``), or the
+    reference pushes an atom at the MLIP minimum harder than the ensemble's own test
+    force errors allow (at least ``residual_force``): the reference would relax away.
+
+Levels are prediction limits from the test set (Student t, log-normal for positive
+quantities) with a Bonferroni split over the values checked, so that an ensemble whose
+MD stays in its test distribution is flagged by chance in at most ~5 % of materials
+(:func:`chance_flag_rate` measures it; ``docs/screening.md`` has the numbers).
 
 The verdict is ``hallucinated`` when that flag is raised (a state that does not exist
 is the worse failure), else ``missing``, else ``ok``; both flags and every piece of
@@ -27,6 +35,7 @@ evidence are kept. Flagged materials go on to the full active-learning loop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,12 +44,16 @@ from ase.optimize import FIRE
 from jobflow import Maker, job
 from pydantic import ConfigDict, Field
 
-from active_mlip.core.documents import Document
+from active_mlip.core.documents import Document, as_model
 from active_mlip.core.frames import Frame
 from active_mlip.makers.evaluation import EvaluationDocument
 from active_mlip.makers.exploration import ExplorationDocument
 from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
-from active_mlip.makers.selection import anharmonicity_score, minimum_image_displacements
+from active_mlip.makers.selection import (
+    ReferenceStatistics,
+    anharmonicity_score,
+    minimum_image_displacements,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +74,20 @@ class DiagnosticsSettings(Document):
     n_check: int = Field(
         6, ge=1, description="MD frames per temperature labelled by the reference."
     )
-    k_sigma: float = Field(3.0, gt=0, description="Spike threshold: test-set mean + k·std.")
+    alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="Chance that one check flags an ensemble whose MD stays in its test "
+        "distribution; five checks give at most ~5 % chance flags per material.",
+    )
+    frame_alpha: float = Field(
+        0.002,
+        gt=0,
+        lt=1,
+        description="An MD frame's uncertainty is a spike above the level one test-like "
+        "frame exceeds with this probability.",
+    )
     min_ratio: float = Field(
         1.5,
         ge=1,
@@ -69,25 +95,26 @@ class DiagnosticsSettings(Document):
         "test-set mean as well (a very narrow test distribution would flag noise).",
     )
     spike_fraction: float = Field(
-        0.05,
+        0.10,
         ge=0,
         le=1,
         description="'missing' when more than this fraction of scored MD frames has an "
-        "uncertainty above Ū + k·σ_U.",
+        "uncertainty spike (MD frames are correlated: a few in a row happen by chance).",
     )
-    energy_gap_meV_per_atom: float = Field(
-        10.0,
+    energy_gap_eV: float = Field(
+        0.1,
         gt=0,
-        description="Smallest reference-above-prediction energy gap that counts as "
-        "hallucinated (meV/atom).",
+        description="Smallest reference-above-prediction energy of a state, relative to "
+        "the ground state and in total energy per event (eV), that counts as hallucinated.",
     )
     residual_force: float = Field(
-        0.2,
+        0.1,
         gt=0,
-        description="'hallucinated' when the reference's largest force on an atom at an MLIP "
-        "minimum exceeds this (eV/Å): the reference relaxes away from it. At a genuine "
-        "minimum this force is the MLIP's local force error; a false minimum in a soft "
-        "lattice leaves a few tenths of an eV/Å (neighbours relax and take up the rest).",
+        description="Smallest largest-force of the reference at an MLIP minimum that counts "
+        "as 'relaxes away' (eV/Å). Above it, the force must also exceed the ensemble's own "
+        "largest per-atom force errors on the test set: at a genuine minimum the residual "
+        "is the MLIP's local force error; a false minimum in a soft lattice leaves a few "
+        "tenths of an eV/Å (neighbours relax and take up the rest).",
     )
     relax_fmax: float = Field(0.02, gt=0, description="MLIP relaxation converged below (eV/Å).")
     relax_steps: int = Field(300, ge=1, description="MLIP relaxation steps at most.")
@@ -96,13 +123,19 @@ class DiagnosticsSettings(Document):
 class FrameCheck(Document):
     """One MD frame or MLIP minimum, predicted by the ensemble and labelled by the reference."""
 
-    kind: Literal["md", "minimum"]
+    kind: Literal["md", "minimum", "ground"] = Field(
+        description="An MD frame, an MLIP-relaxed state, or the ground state R0 (the zero "
+        "of the energy gaps)."
+    )
     temperature: float
     step: int | None = None
     uncertainty: float | None = None
     energy_gap_meV_per_atom: float = Field(
         description="(E_reference − E_ensemble) / N: positive = the state is higher than the "
         "ensemble believes."
+    )
+    energy_gap_eV: float | None = Field(
+        None, description="E_reference − E_ensemble of the whole cell (eV)."
     )
     force_rmse_meV_per_A: float
     max_reference_force: float = Field(description="Largest |F| of the reference (eV/Å).")
@@ -149,21 +182,44 @@ class ScreeningDocument(Document):
 # ---------------------------------------------------------------------------------------
 # The science: pure functions (unit-tested on constructed cases)
 # ---------------------------------------------------------------------------------------
-def spike_threshold(values: np.ndarray, k_sigma: float, min_ratio: float = 1.0) -> float:
-    """``max(mean + k·std, min_ratio·mean)`` of a reference distribution (population std)."""
+def prediction_level(
+    values: Any, alpha: float, m: int = 1, log: bool = True, min_ratio: float = 1.0
+) -> float:
+    """The level that one of ``m`` new values from the distribution of ``values`` exceeds
+    with probability about ``alpha`` (a one-sided prediction limit).
+
+    ``mean + t(1 − alpha/m, n − 1) · s · sqrt(1 + 1/n)`` with the sample mean and standard
+    deviation (n − 1) of ``values``, or of their logarithms when ``log`` (positive,
+    right-skewed quantities: uncertainties, force errors, σ^A); ``m`` splits ``alpha``
+    over the values checked (Bonferroni). With a handful of test frames the t quantile
+    widens the limit for the uncertainty of the test statistics themselves, which a
+    plain mean + k·std ignores. At least ``min_ratio`` × the mean of ``values``.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two finite (positive, for ``log``) values.
+    """
+    from scipy.stats import t as student_t  # scipy only where a verdict is judged
+
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
-    if v.size == 0:
-        raise ValueError("no finite reference values to set a spike threshold")
-    mean, std = float(v.mean()), float(v.std())
-    return max(mean + k_sigma * std, min_ratio * mean)
+    if log:
+        v = v[v > 0]
+    if v.size < 2:
+        raise ValueError(f"a prediction level needs at least 2 reference values, got {v.size}")
+    x = np.log(v) if log else v
+    q = float(student_t.ppf(1.0 - alpha / max(m, 1), v.size - 1))
+    level = float(x.mean() + q * x.std(ddof=1) * np.sqrt(1.0 + 1.0 / v.size))
+    level = float(np.exp(level)) if log else level
+    return max(level, min_ratio * float(v.mean())) if min_ratio > 0 else level
 
 
 def check_frame(
     frame: Frame,
     predicted_energy: float,
     predicted_forces: np.ndarray,
-    kind: Literal["md", "minimum"],
+    kind: Literal["md", "minimum", "ground"],
     force_constants: Any | None = None,
 ) -> FrameCheck:
     """Compare the ensemble's prediction for ``frame`` with its reference label.
@@ -175,7 +231,8 @@ def check_frame(
     predicted_energy, predicted_forces
         The ensemble-mean energy (eV, total) and forces (N, 3) for the same positions.
     kind
-        "md" for a sampled MD frame, "minimum" for an MLIP-relaxed state.
+        "md" for a sampled MD frame, "minimum" for an MLIP-relaxed state, "ground" for
+        the ground state R0 (the zero of the energy gaps).
     force_constants
         Optional ``ForceConstantsDocument`` (its ``reference`` is the ground state R0):
         enables σ^A and the displacement from R0.
@@ -202,11 +259,34 @@ def check_frame(
         step=frame.info.get("step"),
         uncertainty=frame.info.get("uncertainty"),
         energy_gap_meV_per_atom=(float(frame.energy) - float(predicted_energy)) / n * 1000,
+        energy_gap_eV=float(frame.energy) - float(predicted_energy),
         force_rmse_meV_per_A=float(np.sqrt(np.mean((f_ref - f_pred) ** 2)) * 1000),
         max_reference_force=float(np.max(np.linalg.norm(f_ref, axis=1))),
         sigma_a=sigma_a,
         max_displacement=max_disp,
     )
+
+
+def _u_level(evaluation: EvaluationDocument, alpha: float) -> float:
+    """The per-frame uncertainty spike level from the test set's own uncertainties."""
+    ref = evaluation.reference
+    values = evaluation.predictions.get(f"u_{ref.key}") or []
+    if len([v for v in values if v and np.isfinite(v) and v > 0]) >= 2:
+        return prediction_level(values, alpha, min_ratio=0.0)
+    # Only the summary is known (older documents): a normal model of the test set.
+    from scipy.stats import t as student_t
+
+    n = max(ref.n_frames, 2)
+    q = float(student_t.ppf(1.0 - alpha, n - 1))
+    return ref.u_mean + q * ref.u_std * np.sqrt(n / (n - 1)) * np.sqrt(1.0 + 1.0 / n)
+
+
+def _energy_errors_eV(pred: dict[str, list[Any]]) -> np.ndarray:
+    """E_reference − E_ensemble of each test frame, whole cell (eV)."""
+    ref = np.asarray(pred.get("energy_ref_per_atom") or [], dtype=float)
+    out = np.asarray(pred.get("energy_pred_per_atom") or [], dtype=float)
+    n = np.asarray(pred.get("n_atoms") or [1] * len(ref), dtype=float)
+    return (ref - out) * n
 
 
 def screening_verdict(
@@ -221,24 +301,27 @@ def screening_verdict(
     Parameters
     ----------
     evaluation
-        The ensemble on the fixed test set: ``reference`` (Ū, σ_U) and per-frame
-        ``predictions`` (``force_rmse``, ``energy_ref_per_atom``/``energy_pred_per_atom``,
-        ``sigma_a_ref``) set the thresholds.
+        The ensemble on the fixed test set: per-frame ``predictions`` (``u_<key>``,
+        ``force_rmse``, ``force_max_error``, energies, ``sigma_a_ref``) set the levels.
     md_uncertainties
         The uncertainty (same key as ``evaluation.reference``) of every scored MD frame,
         per temperature.
     checks
-        Sampled MD frames and MLIP minima compared with the reference (:func:`check_frame`).
+        Sampled MD frames, MLIP minima and the ground state R0 compared with the
+        reference (:func:`check_frame`). R0's energy error is the zero of every energy
+        gap: a state counts by how much higher the reference puts it *relative to the
+        ground state* than the ensemble does, so an ensemble whose energies are offset
+        everywhere (an extrapolation down to R0 from thermal training data) is no flag.
     settings
-        Thresholds.
+        Chance rates and floors.
     """
-    s, ref, pred = settings, evaluation.reference, evaluation.predictions
+    s, pred = settings, evaluation.predictions
     evidence: list[Evidence] = []
 
     # missing (1): the ensemble itself says it has left familiar ground
-    u_thr = ref.u_mean + s.k_sigma * ref.u_std
-    n_md = fractions = 0
-    worst = 0.0
+    u_thr = _u_level(evaluation, s.frame_alpha)
+    n_md = 0
+    fractions = worst = 0.0
     for temperature, us in sorted(md_uncertainties.items()):
         u = np.asarray(us, dtype=float)
         if u.size == 0:
@@ -246,14 +329,15 @@ def screening_verdict(
         n_md += u.size
         frac = float(np.mean(u > u_thr))
         fractions = max(fractions, frac)
-        worst = max(worst, float((u.max() - ref.u_mean) / ref.u_std))
+        worst = max(worst, float(u.max() / u_thr))
         if frac > s.spike_fraction:
             evidence.append(
                 Evidence(
                     flag="missing",
                     test="uncertainty",
-                    message=f"uncertainty above Ū+{s.k_sigma:g}σ_U in {frac:.0%} of "
-                    f"{u.size} MD frames at {temperature:g} K (max {worst:.1f}σ above Ū)",
+                    message=f"uncertainty above {u_thr:.3g} (the test set's "
+                    f"{1 - s.frame_alpha:.1%} level) in {frac:.0%} of {u.size} MD frames at "
+                    f"{temperature:g} K (max {worst:.1f}× that level)",
                     value=frac,
                     threshold=s.spike_fraction,
                 )
@@ -261,8 +345,8 @@ def screening_verdict(
 
     md_checks = [c for c in checks if c.kind == "md"]
     # missing (2): the reference disagrees with the ensemble far more than on the test set
-    if md_checks and pred.get("force_rmse"):
-        thr = spike_threshold(pred["force_rmse"], s.k_sigma, s.min_ratio)
+    if md_checks and len(pred.get("force_rmse") or []) >= 2:
+        thr = prediction_level(pred["force_rmse"], s.alpha, len(md_checks), min_ratio=s.min_ratio)
         bad = [c for c in md_checks if c.force_rmse_meV_per_A > thr]
         if bad:
             top = max(bad, key=lambda c: c.force_rmse_meV_per_A)
@@ -271,8 +355,8 @@ def screening_verdict(
                     flag="missing",
                     test="force_error",
                     message=f"force error {top.force_rmse_meV_per_A:.0f} meV/Å on the MD frame "
-                    f"at step {top.step} ({top.temperature:g} K) against {thr:.0f} meV/Å "
-                    f"on the test set (mean + {s.k_sigma:g}·std); {len(bad)} of "
+                    f"at step {top.step} ({top.temperature:g} K) against a level of "
+                    f"{thr:.0f} meV/Å from the test set; {len(bad)} of "
                     f"{len(md_checks)} checked frames",
                     value=top.force_rmse_meV_per_A,
                     threshold=thr,
@@ -281,8 +365,8 @@ def screening_verdict(
     # missing (3): σ^A jumps: the trajectory reached strongly anharmonic configurations
     sig_ref = [x for x in pred.get("sigma_a_ref", []) if x is not None]
     sig_md = [c for c in md_checks if c.sigma_a is not None]
-    if sig_ref and sig_md:
-        thr = spike_threshold(sig_ref, s.k_sigma, s.min_ratio)
+    if len(sig_ref) >= 2 and sig_md:
+        thr = prediction_level(sig_ref, s.alpha, len(sig_md), min_ratio=s.min_ratio)
         bad = [c for c in sig_md if c.sigma_a > thr]
         if bad:
             top = max(bad, key=lambda c: c.sigma_a)
@@ -296,36 +380,42 @@ def screening_verdict(
                     flag="missing",
                     test="sigma_a",
                     message=f"σ^A {top.sigma_a:.2f} at step {top.step} ({top.temperature:g} K)"
-                    f"{disp}, against {thr:.2f} on the test set",
+                    f"{disp}, against a level of {thr:.2f} from the test set",
                     value=top.sigma_a,
                     threshold=thr,
                 )
             )
 
-    # hallucinated (1): states the ensemble puts far too low
-    gap_thr = s.energy_gap_meV_per_atom
-    if pred.get("energy_ref_per_atom"):
-        errors = (
-            np.asarray(pred["energy_ref_per_atom"]) - np.asarray(pred["energy_pred_per_atom"])
-        ) * 1000
-        gap_thr = max(gap_thr, float(errors.mean() + s.k_sigma * errors.std()))
-    high = [c for c in checks if c.energy_gap_meV_per_atom > gap_thr]
+    # hallucinated (1): states the ensemble puts far too low, relative to the ground state
+    ground = next((c for c in checks if c.kind == "ground" and c.energy_gap_eV is not None), None)
+    zero = ground.energy_gap_eV if ground is not None else 0.0
+    states = [c for c in checks if c.kind != "ground" and c.energy_gap_eV is not None]
+    gap_thr = s.energy_gap_eV
+    errors = _energy_errors_eV(pred) - zero
+    if states and errors.size >= 2:
+        level = prediction_level(errors, s.alpha, len(states), log=False, min_ratio=0.0)
+        gap_thr = max(gap_thr, level)
+    high = [c for c in states if c.energy_gap_eV - zero > gap_thr]
     if high:
-        top = max(high, key=lambda c: c.energy_gap_meV_per_atom)
+        top = max(high, key=lambda c: c.energy_gap_eV)
         where = "MLIP minimum" if top.kind == "minimum" else f"MD frame at step {top.step}"
         evidence.append(
             Evidence(
                 flag="hallucinated",
                 test="energy_gap",
-                message=f"reference energy {top.energy_gap_meV_per_atom:.1f} meV/atom above the "
-                f"ensemble's at the {where} ({top.temperature:g} K; threshold {gap_thr:.1f})",
-                value=top.energy_gap_meV_per_atom,
+                message=f"relative to the ground state, the reference puts the {where} "
+                f"({top.temperature:g} K) {top.energy_gap_eV - zero:.2f} eV higher than the "
+                f"ensemble does (level {gap_thr:.2f} eV)",
+                value=top.energy_gap_eV - zero,
                 threshold=gap_thr,
             )
         )
     # hallucinated (2): the reference is not at rest where the ensemble relaxed to
     minima = [c for c in checks if c.kind == "minimum"]
-    pushed = [c for c in minima if c.max_reference_force > s.residual_force]
+    push_thr = s.residual_force
+    if minima and len(pred.get("force_max_error") or []) >= 2:
+        push_thr = max(push_thr, prediction_level(pred["force_max_error"], s.alpha, len(minima)))
+    pushed = [c for c in minima if c.max_reference_force > push_thr]
     if pushed:
         top = max(pushed, key=lambda c: c.max_reference_force)
         evidence.append(
@@ -333,9 +423,10 @@ def screening_verdict(
                 flag="hallucinated",
                 test="relaxes_away",
                 message=f"the reference pushes an atom with {top.max_reference_force:.2f} eV/Å "
-                f"at the MLIP minimum reached from {top.temperature:g} K: it relaxes away",
+                f"at the MLIP minimum reached from {top.temperature:g} K (level "
+                f"{push_thr:.2f} eV/Å): it relaxes away",
                 value=top.max_reference_force,
-                threshold=s.residual_force,
+                threshold=push_thr,
             )
         )
 
@@ -352,6 +443,116 @@ def screening_verdict(
         uncertainty_spike_fraction=fractions,
         checks=checks,
     )
+
+
+def synthetic_screenings(
+    n_test: int,
+    n_trials: int,
+    seed: int = 0,
+    n_md: int = 60,
+    n_check: int = 6,
+    correlation: float = 0.9,
+    spread: float = 0.3,
+) -> Iterator[tuple[EvaluationDocument, dict[float, list[float]], list[FrameCheck]]]:
+    """Screenings of ensembles whose MD stays in their test distribution (for calibration).
+
+    Each draws a test set of ``n_test`` 64-atom frames and a screening whose every value
+    comes from the same distributions: uncertainties log-normal with log-spread
+    ``spread``, along the MD an AR(1) series of ``n_md`` scored frames with ``correlation``
+    between neighbours (MD frames are alike); force errors, σ^A and the largest per-atom
+    force errors log-normal; energy errors (whole cell, eV) normal with an offset that
+    the ground state shares; ``n_check`` MD frames, one minimum and the ground state
+    are checked.
+
+    Yields
+    ------
+    tuple
+        (evaluation, MD uncertainties by temperature, checks): the arguments of
+        :func:`screening_verdict`.
+    """
+    rng = np.random.default_rng(seed)
+    n_atoms = 64
+
+    def lognormal(center: float, s: float, size: int | None = None) -> Any:
+        return center * np.exp(s * rng.standard_normal(size))
+
+    def check(kind: Literal["md", "minimum", "ground"], fmax: float) -> FrameCheck:
+        gap = float(rng.normal(0.2, 0.05))
+        return FrameCheck(
+            kind=kind,
+            temperature=300.0,
+            step=0,
+            energy_gap_meV_per_atom=gap / n_atoms * 1000,
+            energy_gap_eV=gap,
+            force_rmse_meV_per_A=float(lognormal(50.0, spread / 2)),
+            max_reference_force=fmax,
+            sigma_a=float(lognormal(0.3, spread / 3)),
+        )
+
+    for _ in range(n_trials):
+        u_test = lognormal(0.1, spread, n_test)
+        e_err = rng.normal(0.2, 0.05, n_test)
+        e_ref = rng.normal(-3.0, 0.003, n_test)
+        evaluation = EvaluationDocument(
+            n_frames=n_test,
+            n_members=4,
+            mae_energy_meV_per_atom=1.0,
+            rmse_energy_meV_per_atom=1.0,
+            mae_forces_meV_per_A=40.0,
+            rmse_forces_meV_per_A=50.0,
+            reference=ReferenceStatistics(
+                key="force_max",
+                u_mean=float(u_test.mean()),
+                u_std=float(u_test.std()),
+                e_mean=-3.0 * n_atoms,
+                e_std=0.2,
+                n_frames=n_test,
+            ),
+            predictions={
+                "u_force_max": u_test.tolist(),
+                "n_atoms": [n_atoms] * n_test,
+                "energy_ref_per_atom": e_ref.tolist(),
+                "energy_pred_per_atom": (e_ref - e_err / n_atoms).tolist(),
+                "force_rmse": lognormal(50.0, spread / 2, n_test).tolist(),
+                "force_max_error": lognormal(0.15, spread / 2, n_test).tolist(),
+                "sigma_a_ref": lognormal(0.3, spread / 3, n_test).tolist(),
+            },
+        )
+        walk = np.empty(n_md)
+        walk[0] = rng.standard_normal()
+        noise = rng.standard_normal(n_md) * np.sqrt(1 - correlation**2)
+        for i in range(1, n_md):
+            walk[i] = correlation * walk[i - 1] + noise[i]
+        md_u = (0.1 * np.exp(spread * walk)).tolist()
+        checks = [check("md", 1.0) for _ in range(n_check)]
+        checks.append(check("minimum", float(lognormal(0.15, spread / 2))))
+        checks.append(check("ground", 0.0))
+        yield evaluation, {300.0: md_u}, checks
+
+
+def chance_flag_rate(
+    settings: DiagnosticsSettings, n_test: int, n_trials: int = 2000, seed: int = 0, **kw: Any
+) -> dict[str, float]:
+    """How often :func:`screening_verdict` flags an in-distribution ensemble.
+
+    The calibration behind the default chance rates (``docs/screening.md``): the
+    screenings of :func:`synthetic_screenings` (``**kw`` are its options) judged with
+    ``settings``.
+
+    Returns
+    -------
+    dict
+        ``"any"``: fraction of trials with any flag; and the fraction per check
+        (``uncertainty``, ``force_error``, ``sigma_a``, ``energy_gap``, ``relaxes_away``).
+    """
+    tests = ("uncertainty", "force_error", "sigma_a", "energy_gap", "relaxes_away")
+    counts = dict.fromkeys(("any", *tests), 0)
+    for evaluation, md_u, checks in synthetic_screenings(n_test, n_trials, seed, **kw):
+        fired = {e.test for e in screening_verdict(evaluation, md_u, checks, settings).evidence}
+        counts["any"] += bool(fired)
+        for t in fired:
+            counts[t] += 1
+    return {k: v / n_trials for k, v in counts.items()}
 
 
 def relax(atoms, calc, fmax: float, steps: int) -> tuple[Any, bool]:
@@ -387,9 +588,17 @@ class MLIPMinimaMaker(Maker):
 
     @job(data=DATA_FIELDS)
     def make(
-        self, ensemble: EnsembleDocument, explorations: list[ExplorationDocument]
+        self,
+        ensemble: EnsembleDocument,
+        explorations: list[ExplorationDocument],
+        ground_state: Frame | None = None,
     ) -> MinimaDocument:
-        """One relaxed frame per exploration (its ``last_frame``)."""
+        """One relaxed frame per exploration (its ``last_frame``), then ``ground_state``.
+
+        The ground state R0 (the relaxed structure of the force constants) comes with the
+        ensemble's prediction too: its energy error is the zero of the energy gaps. Its
+        reference label is cached from the relaxation, so it costs no new label.
+        """
         from active_mlip.makers.ensemble import (
             EnsembleCalculator,  # torch loads only where the ensemble runs
         )
@@ -414,6 +623,23 @@ class MLIPMinimaMaker(Maker):
                             "energy_mlip": float(res["energy"]),
                             "forces_mlip": np.asarray(res["forces"]).tolist(),
                             "uncertainty": float(res["uncertainty"][doc.uncertainty_key]),
+                        }
+                    }
+                )
+            )
+        if ground_state is not None:
+            r0 = as_model(ground_state, Frame)
+            atoms = r0.unlabelled().to_atoms()
+            atoms.calc = calc
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            frames.append(
+                r0.unlabelled().model_copy(
+                    update={
+                        "info": {
+                            "source": "ground-state",
+                            "temperature": 0.0,
+                            "energy_mlip": float(energy),
+                            "forces_mlip": np.asarray(forces).tolist(),
                         }
                     }
                 )
@@ -448,7 +674,7 @@ def judge(
         info = f.info
         if "forces_mlip" not in info:
             continue
-        kind = "minimum" if info.get("source") == "mlip-minimum" else "md"
+        kind = {"mlip-minimum": "minimum", "ground-state": "ground"}.get(info.get("source"), "md")
         checks.append(
             check_frame(
                 f, info["energy_mlip"], np.asarray(info["forces_mlip"]), kind, force_constants

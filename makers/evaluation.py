@@ -66,7 +66,8 @@ class EvaluationDocument(Document):
     predictions: dict[str, list[Any]] = Field(
         default_factory=dict,
         description="Per-frame lists: structure_hash, n_atoms, energy_ref/pred_per_atom (eV), "
-        "force_rmse (meV/Å), u_<key> for every uncertainty key, sigma_a_ref/pred.",
+        "force_rmse (meV/Å), force_max_error (largest per-atom |ΔF|, eV/Å), u_<key> for every "
+        "uncertainty key, sigma_a_ref/pred.",
     )
 
 
@@ -137,6 +138,7 @@ def evaluate_ensemble(
         "energy_ref_per_atom": [],
         "energy_pred_per_atom": [],
         "force_rmse": [],
+        "force_max_error": [],
     }
     u_keys = list(results[0]["uncertainty"])
     for k in u_keys:
@@ -154,6 +156,7 @@ def evaluate_ensemble(
         pred["energy_ref_per_atom"].append(float(frame.energy) / n)
         pred["energy_pred_per_atom"].append(float(res["energy"]) / n)
         pred["force_rmse"].append(float(np.sqrt(np.mean(df**2))) * 1000.0)
+        pred["force_max_error"].append(float(np.max(np.linalg.norm(df, axis=1))))
         for k in u_keys:
             pred[f"u_{k}"].append(float(res["uncertainty"][k]))
         if fc is not None:

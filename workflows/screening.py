@@ -166,7 +166,9 @@ class ScreeningMaker(Maker):
         )
         md.name = f"{material} screening MD"
         tag(md, "exploration", iteration=0)
-        minima = self.minima_maker.make(links.output["ensemble"], md.output.explorations)
+        minima = self.minima_maker.make(
+            links.output["ensemble"], md.output.explorations, links.output["fc"].reference
+        )
         minima.name = f"{material} screening minima"
         tag(minima, "exploration", iteration=0)
         frames = frames_to_check(md.output.explorations, minima.output)
