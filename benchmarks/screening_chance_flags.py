@@ -1,6 +1,6 @@
 """Chance flags of the screening: how often an ensemble whose MD stays in distribution is flagged.
 
-Runs :func:`active_mlip.makers.diagnostics.synthetic_screenings` (test set and screening
+Runs :func:`active_mlip.makers.screening_calibration.synthetic_screenings` (test set and screening
 drawn from the same distributions) through the screening's rules, side by side in one
 run: the current rules (prediction levels with a Bonferroni split, energies relative to
 the ground state in eV per event, residual forces against the ensemble's own errors) and
@@ -18,15 +18,20 @@ import time
 
 import numpy as np
 
-from active_mlip.makers.diagnostics import (
-    DiagnosticsSettings,
-    FrameCheck,
-    screening_verdict,
-    synthetic_screenings,
-)
+from active_mlip.makers.diagnostics import DiagnosticsSettings, FrameCheck, screening_verdict
 from active_mlip.makers.evaluation import EvaluationDocument
+from active_mlip.makers.screening_calibration import synthetic_screenings
 
-TESTS = ("uncertainty", "force_error", "sigma_a", "energy_gap", "relaxes_away")
+TESTS = (
+    "uncertainty",
+    "force_error",
+    "sigma_a",
+    "energy_gap",
+    "relaxes_away",
+    "reference_force_error",
+    "event_rate",
+    "sigma_a_trajectory",
+)
 
 
 def review_rules(
@@ -65,7 +70,7 @@ def main() -> None:
     print(f"{args.trials} synthetic in-distribution screenings per row; flag rates in %")
     print(
         f"{'n_test':>6} {'corr':>5} {'spread':>6} | {'rules':<7} {'any':>5} "
-        + " ".join(f"{t[:10]:>10}" for t in TESTS)
+        + " ".join(f"{t[:9]:>9}" for t in TESTS)
     )
     t0 = time.perf_counter()
     for n_test, corr, spread in itertools.product((16, 100), (0.5, 0.9), (0.2, 0.4)):
@@ -73,10 +78,11 @@ def main() -> None:
             "now": dict.fromkeys(("any", *TESTS), 0),
             "review": dict.fromkeys(("any", *TESTS), 0),
         }
-        for ev, md_u, checks in synthetic_screenings(
+        for ev, md_u, checks, refs in synthetic_screenings(
             n_test, args.trials, args.seed, correlation=corr, spread=spread
         ):
-            now = {e.test for e in screening_verdict(ev, md_u, checks, settings).evidence}
+            doc = screening_verdict(ev, md_u, checks, settings, references=refs)
+            now = {e.test for e in doc.evidence}
             for name, fired in (("now", now), ("review", review_rules(ev, md_u, checks))):
                 counts[name]["any"] += bool(fired)
                 for t in fired:
@@ -85,7 +91,7 @@ def main() -> None:
             rate = {k: 100 * v / args.trials for k, v in counts[name].items()}
             print(
                 f"{n_test:>6} {corr:>5} {spread:>6} | {name:<7} {rate['any']:>5.1f} "
-                + " ".join(f"{rate[t]:>10.1f}" for t in TESTS)
+                + " ".join(f"{rate[t]:>9.1f}" for t in TESTS)
             )
     print(f"({time.perf_counter() - t0:.0f} s)")
 

@@ -3,54 +3,63 @@
 Kang et al. screened 112 materials with a first MLIP each and singled out those whose
 MLIP-MD misses genuine metastable states ("missing events", e.g. Cu excursions in CuI
 that the initial data never contained) or settles into states that do not exist
-("hallucinated events"). Here a first ensemble runs short MLIP-MD at the loop's
-temperatures (``sample_every`` keeps frames with the ensemble's own predictions); the
-reference labeller labels a few of those frames and the MLIP-relaxed end states, and
-:func:`screening_verdict` compares:
+("hallucinated events"). They decided it the way :func:`screening_verdict` does first:
+beside a reference MD at the same temperature (:mod:`active_mlip.makers.reference_md`),
+
+missing
+    along the reference trajectory the ensemble's force error rises above the level the
+    test set allows (the reference visits configurations the ensemble never saw), the
+    reference has significantly more off-site events than the MLIP-MD of the same
+    length, or the MLIP-MD's σ^A falls far below the reference's;
+hallucinated
+    the MLIP-MD has significantly more off-site events than the reference, or its σ^A
+    (with the ensemble's forces) lies far above the reference's.
+
+The checks on the MLIP-MD itself support these and stand alone where no reference MD
+can run (a DFT labeller): the reference labels a few MD frames, the MLIP-relaxed end
+states and the ground state R0;
 
 missing
     along the trajectory more than ``spike_fraction`` of the scored frames have an
     ensemble uncertainty above the level one in-distribution frame exceeds with
     probability ``frame_alpha``; or a checked frame's force error or its reference σ^A
     lies above the level that any of the checked frames exceeds by chance with
-    probability ``alpha`` (and ``min_ratio`` × the test mean): the MD reached
-    configurations that the training data do not describe.
+    probability ``alpha`` (and ``min_ratio`` × the test mean);
 hallucinated
-    relative to the ground state R0, a checked frame or an MLIP minimum has a reference
-    energy far above the ensemble's prediction (a total energy per event, in eV: beyond
-    the test set's errors at chance ``alpha`` and at least ``energy_gap_eV``), or the
-    reference pushes an atom at the MLIP minimum harder than the ensemble's own test
-    force errors allow (at least ``residual_force``): the reference would relax away.
+    relative to R0, a checked frame or an MLIP minimum has a reference energy far above
+    the ensemble's prediction (a total energy per state, in eV: beyond the test set's
+    errors at chance ``alpha`` and at least ``energy_gap_eV``), or the reference pushes
+    an atom at the MLIP minimum harder than the ensemble's own test force errors allow
+    (at least ``residual_force``): the reference would relax away.
 
 Levels are prediction limits from the test set (Student t, log-normal for positive
 quantities) with a Bonferroni split over the values checked, so that an ensemble whose
 MD stays in its test distribution is flagged by chance in at most ~5 % of materials
-(:func:`chance_flag_rate` measures it; ``docs/screening.md`` has the numbers).
+(:mod:`active_mlip.makers.screening_calibration` measures it; ``docs/screening.md`` has
+the numbers). The verdict is ``hallucinated`` when that flag is raised (a state that
+does not exist is the worse failure), else ``missing``, else ``ok``; both flags and
+every piece of evidence are kept. Flagged materials go on to active learning.
 
-The verdict is ``hallucinated`` when that flag is raised (a state that does not exist
-is the worse failure), else ``missing``, else ``ok``; both flags and every piece of
-evidence are kept. Flagged materials go on to the full active-learning loop.
+Over 500 lines on purpose: the settings, the documents and every rule of the verdict
+read together; the jobs are in :mod:`active_mlip.makers.screening_jobs`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from ase.optimize import FIRE
-from jobflow import Maker, job
 from pydantic import ConfigDict, Field
 
-from active_mlip.core.documents import Document, as_model
+from active_mlip.core.documents import Document
 from active_mlip.core.frames import Frame
 from active_mlip.makers.evaluation import EvaluationDocument
-from active_mlip.makers.exploration import ExplorationDocument
-from active_mlip.makers.schemas import DATA_FIELDS, EnsembleDocument, LabelledBatch
+from active_mlip.makers.reference_md import (
+    EventSettings,
+    ReferenceComparison,
+)
 from active_mlip.makers.selection import (
-    ReferenceStatistics,
     anharmonicity_score,
     minimum_image_displacements,
 )
@@ -116,6 +125,24 @@ class DiagnosticsSettings(Document):
         "is the MLIP's local force error; a false minimum in a soft lattice leaves a few "
         "tenths of an eV/Å (neighbours relax and take up the rest).",
     )
+    reference_md: bool = Field(
+        True,
+        description="Run a reference-labeller MD segment beside the MLIP-MD (same start, "
+        "seed and length) and judge the ensemble along it, in time order. Needs a labeller "
+        "that runs in process (CHGNet, an ASE calculator); skipped, with a note, for DFT.",
+    )
+    events: EventSettings = Field(
+        default_factory=EventSettings, description="What counts as an off-site event."
+    )
+    sigma_a_ratio: float = Field(
+        1.5,
+        gt=1,
+        description="σ^A of the MLIP-MD (with the ensemble's forces) more than this factor "
+        "above the reference MD's is 'hallucinated' (the MLIP's surface is rougher than the "
+        "reference's where it goes), this factor below is 'missing' (it lacks the "
+        "reference's anharmonic events). Trajectory σ^A averages hundreds of atom-frames, so "
+        "chance moves it by a few per cent, not by this factor.",
+    )
     relax_fmax: float = Field(0.02, gt=0, description="MLIP relaxation converged below (eV/Å).")
     relax_steps: int = Field(300, ge=1, description="MLIP relaxation steps at most.")
 
@@ -167,6 +194,9 @@ class ScreeningDocument(Document):
     n_md_frames: int = Field(description="MD frames scored by the ensemble.")
     uncertainty_spike_fraction: float
     checks: list[FrameCheck] = Field(default_factory=list)
+    references: list[ReferenceComparison] = Field(
+        default_factory=list, description="MLIP-MD beside reference MD, per temperature."
+    )
     n_labels: int = Field(0, description="Reference labels this screening requested.")
     n_label_failures: int = 0
     notes: list[str] = Field(default_factory=list)
@@ -295,6 +325,7 @@ def screening_verdict(
     checks: list[FrameCheck],
     settings: DiagnosticsSettings,
     material: str = "",
+    references: list[ReferenceComparison] | None = None,
 ) -> ScreeningDocument:
     """Judge a first ensemble from its test-set statistics and MD checks.
 
@@ -314,6 +345,12 @@ def screening_verdict(
         everywhere (an extrapolation down to R0 from thermal training data) is no flag.
     settings
         Chance rates and floors.
+    material
+        Name, for the document.
+    references
+        The MLIP-MD set beside reference MD (:func:`~active_mlip.makers.reference_md.
+        compare_with_reference`), the paper's comparison: the ensemble's force error
+        along the reference trajectory, and the off-site event counts of both.
     """
     s, pred = settings, evaluation.predictions
     evidence: list[Evidence] = []
@@ -386,6 +423,9 @@ def screening_verdict(
                 )
             )
 
+    references = references or []
+    evidence += _reference_evidence(references, pred, s)
+
     # hallucinated (1): states the ensemble puts far too low, relative to the ground state
     ground = next((c for c in checks if c.kind == "ground" and c.energy_gap_eV is not None), None)
     zero = ground.energy_gap_eV if ground is not None else 0.0
@@ -442,275 +482,88 @@ def screening_verdict(
         n_md_frames=n_md,
         uncertainty_spike_fraction=fractions,
         checks=checks,
+        references=references,
     )
 
 
-def synthetic_screenings(
-    n_test: int,
-    n_trials: int,
-    seed: int = 0,
-    n_md: int = 60,
-    n_check: int = 6,
-    correlation: float = 0.9,
-    spread: float = 0.3,
-) -> Iterator[tuple[EvaluationDocument, dict[float, list[float]], list[FrameCheck]]]:
-    """Screenings of ensembles whose MD stays in their test distribution (for calibration).
+def _reference_evidence(
+    references: list[ReferenceComparison], pred: dict[str, list[Any]], s: DiagnosticsSettings
+) -> list[Evidence]:
+    """Flags from the reference MD: force errors along it, and the event counts."""
+    from scipy.stats import binomtest  # scipy only where a verdict is judged
 
-    Each draws a test set of ``n_test`` 64-atom frames and a screening whose every value
-    comes from the same distributions: uncertainties log-normal with log-spread
-    ``spread``, along the MD an AR(1) series of ``n_md`` scored frames with ``correlation``
-    between neighbours (MD frames are alike); force errors, σ^A and the largest per-atom
-    force errors log-normal; energy errors (whole cell, eV) normal with an offset that
-    the ground state shares; ``n_check`` MD frames, one minimum and the ground state
-    are checked.
-
-    Yields
-    ------
-    tuple
-        (evaluation, MD uncertainties by temperature, checks): the arguments of
-        :func:`screening_verdict`.
-    """
-    rng = np.random.default_rng(seed)
-    n_atoms = 64
-
-    def lognormal(center: float, s: float, size: int | None = None) -> Any:
-        return center * np.exp(s * rng.standard_normal(size))
-
-    def check(kind: Literal["md", "minimum", "ground"], fmax: float) -> FrameCheck:
-        gap = float(rng.normal(0.2, 0.05))
-        return FrameCheck(
-            kind=kind,
-            temperature=300.0,
-            step=0,
-            energy_gap_meV_per_atom=gap / n_atoms * 1000,
-            energy_gap_eV=gap,
-            force_rmse_meV_per_A=float(lognormal(50.0, spread / 2)),
-            max_reference_force=fmax,
-            sigma_a=float(lognormal(0.3, spread / 3)),
-        )
-
-    for _ in range(n_trials):
-        u_test = lognormal(0.1, spread, n_test)
-        e_err = rng.normal(0.2, 0.05, n_test)
-        e_ref = rng.normal(-3.0, 0.003, n_test)
-        evaluation = EvaluationDocument(
-            n_frames=n_test,
-            n_members=4,
-            mae_energy_meV_per_atom=1.0,
-            rmse_energy_meV_per_atom=1.0,
-            mae_forces_meV_per_A=40.0,
-            rmse_forces_meV_per_A=50.0,
-            reference=ReferenceStatistics(
-                key="force_max",
-                u_mean=float(u_test.mean()),
-                u_std=float(u_test.std()),
-                e_mean=-3.0 * n_atoms,
-                e_std=0.2,
-                n_frames=n_test,
-            ),
-            predictions={
-                "u_force_max": u_test.tolist(),
-                "n_atoms": [n_atoms] * n_test,
-                "energy_ref_per_atom": e_ref.tolist(),
-                "energy_pred_per_atom": (e_ref - e_err / n_atoms).tolist(),
-                "force_rmse": lognormal(50.0, spread / 2, n_test).tolist(),
-                "force_max_error": lognormal(0.15, spread / 2, n_test).tolist(),
-                "sigma_a_ref": lognormal(0.3, spread / 3, n_test).tolist(),
-            },
-        )
-        walk = np.empty(n_md)
-        walk[0] = rng.standard_normal()
-        noise = rng.standard_normal(n_md) * np.sqrt(1 - correlation**2)
-        for i in range(1, n_md):
-            walk[i] = correlation * walk[i - 1] + noise[i]
-        md_u = (0.1 * np.exp(spread * walk)).tolist()
-        checks = [check("md", 1.0) for _ in range(n_check)]
-        checks.append(check("minimum", float(lognormal(0.15, spread / 2))))
-        checks.append(check("ground", 0.0))
-        yield evaluation, {300.0: md_u}, checks
-
-
-def chance_flag_rate(
-    settings: DiagnosticsSettings, n_test: int, n_trials: int = 2000, seed: int = 0, **kw: Any
-) -> dict[str, float]:
-    """How often :func:`screening_verdict` flags an in-distribution ensemble.
-
-    The calibration behind the default chance rates (``docs/screening.md``): the
-    screenings of :func:`synthetic_screenings` (``**kw`` are its options) judged with
-    ``settings``.
-
-    Returns
-    -------
-    dict
-        ``"any"``: fraction of trials with any flag; and the fraction per check
-        (``uncertainty``, ``force_error``, ``sigma_a``, ``energy_gap``, ``relaxes_away``).
-    """
-    tests = ("uncertainty", "force_error", "sigma_a", "energy_gap", "relaxes_away")
-    counts = dict.fromkeys(("any", *tests), 0)
-    for evaluation, md_u, checks in synthetic_screenings(n_test, n_trials, seed, **kw):
-        fired = {e.test for e in screening_verdict(evaluation, md_u, checks, settings).evidence}
-        counts["any"] += bool(fired)
-        for t in fired:
-            counts[t] += 1
-    return {k: v / n_trials for k, v in counts.items()}
-
-
-def relax(atoms, calc, fmax: float, steps: int) -> tuple[Any, bool]:
-    """Relax positions (cell fixed) with ``calc``; returns (atoms, converged)."""
-
-    atoms = atoms.copy()
-    atoms.calc = calc
-    opt = FIRE(atoms, logfile=None)
-    converged = bool(opt.run(fmax=fmax, steps=steps))
-    return atoms, converged
-
-
-# ---------------------------------------------------------------------------------------
-# Jobs
-# ---------------------------------------------------------------------------------------
-class MinimaDocument(Document):
-    """MLIP-relaxed end states of the screening MD, with the ensemble's predictions."""
-
-    frames: list[Frame] = Field(default_factory=list)
-
-
-@dataclass
-class MLIPMinimaMaker(Maker):
-    """Relax the last frame of each screening trajectory with the ensemble mean.
-
-    The MD's end state relaxed on the MLIP surface is the metastable state the MLIP
-    "settled into"; the reference then labels it (are its forces zero?).
-    """
-
-    name: str = "MLIP minima"
-    settings: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
-    device: str = "auto"
-
-    @job(data=DATA_FIELDS)
-    def make(
-        self,
-        ensemble: EnsembleDocument,
-        explorations: list[ExplorationDocument],
-        ground_state: Frame | None = None,
-    ) -> MinimaDocument:
-        """One relaxed frame per exploration (its ``last_frame``), then ``ground_state``.
-
-        The ground state R0 (the relaxed structure of the force constants) comes with the
-        ensemble's prediction too: its energy error is the zero of the energy gaps. Its
-        reference label is cached from the relaxation, so it costs no new label.
-        """
-        from active_mlip.makers.ensemble import (
-            EnsembleCalculator,  # torch loads only where the ensemble runs
-        )
-
-        calc = EnsembleCalculator.from_document(ensemble, device=self.device)
-        frames = []
-        for doc in explorations:
-            atoms, converged = relax(
-                doc.last_frame.unlabelled().to_atoms(),
-                calc,
-                self.settings.relax_fmax,
-                self.settings.relax_steps,
-            )
-            res = calc.results
-            frames.append(
-                Frame.from_atoms(atoms, include_results=False).model_copy(
-                    update={
-                        "info": {
-                            "source": "mlip-minimum",
-                            "temperature": float(doc.temperature),
-                            "relax_converged": converged,
-                            "energy_mlip": float(res["energy"]),
-                            "forces_mlip": np.asarray(res["forces"]).tolist(),
-                            "uncertainty": float(res["uncertainty"][doc.uncertainty_key]),
-                        }
-                    }
+    out: list[Evidence] = []
+    n_frames = sum(len(r.force_rmse) for r in references)
+    if n_frames and len(pred.get("force_rmse") or []) >= 2:
+        thr = prediction_level(pred["force_rmse"], s.alpha, n_frames, min_ratio=s.min_ratio)
+        for r in references:
+            over = [i for i, e in enumerate(r.force_rmse) if e > thr]
+            if not over:
+                continue
+            i = max(over, key=lambda j: r.force_rmse[j])
+            first = over[0]
+            out.append(
+                Evidence(
+                    flag="missing",
+                    test="reference_force_error",
+                    message=f"along the reference MD at {r.temperature:g} K the ensemble's force "
+                    f"error reaches {r.force_rmse[i]:.0f} meV/Å at {r.time_ps[i]:.2f} ps (an "
+                    f"atom {r.max_displacement[i]:.2f} Å from its site), first above the level "
+                    f"of {thr:.0f} meV/Å at {r.time_ps[first]:.2f} ps; {len(over)} of "
+                    f"{len(r.force_rmse)} frames",
+                    value=r.force_rmse[i],
+                    threshold=thr,
                 )
             )
-        if ground_state is not None:
-            r0 = as_model(ground_state, Frame)
-            atoms = r0.unlabelled().to_atoms()
-            atoms.calc = calc
-            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
-            frames.append(
-                r0.unlabelled().model_copy(
-                    update={
-                        "info": {
-                            "source": "ground-state",
-                            "temperature": 0.0,
-                            "energy_mlip": float(energy),
-                            "forces_mlip": np.asarray(forces).tolist(),
-                        }
-                    }
-                )
+    for r in references:
+        if r.sigma_a_reference and r.sigma_a_mlip:
+            ratio = r.sigma_a_mlip / r.sigma_a_reference
+            message = (
+                f"σ^A of the MLIP-MD at {r.temperature:g} K is {r.sigma_a_mlip:.2f}, the "
+                f"reference MD's {r.sigma_a_reference:.2f} ({ratio:.2f}×)"
             )
-        return MinimaDocument(frames=frames)
-
-
-@job(data=DATA_FIELDS)
-def frames_to_check(
-    explorations: list[ExplorationDocument], minima: MinimaDocument
-) -> MinimaDocument:
-    """The frames the reference labels: the MD samples, then the MLIP minima."""
-    return MinimaDocument(frames=[f for d in explorations for f in d.samples] + minima.frames)
-
-
-@job(data=DATA_FIELDS)
-def judge(
-    material: str,
-    evaluation: EvaluationDocument,
-    explorations: list[ExplorationDocument],
-    labelled: LabelledBatch,
-    force_constants: Any,
-    settings: DiagnosticsSettings,
-) -> ScreeningDocument:
-    """The verdict job: match labels to the ensemble's predictions and judge.
-
-    Frames whose single point failed are left out (and counted); the verdict then rests
-    on the rest, which the document's notes say.
-    """
-    checks: list[FrameCheck] = []
-    for f in labelled.frames:
-        info = f.info
-        if "forces_mlip" not in info:
+            if ratio > s.sigma_a_ratio:
+                out.append(
+                    Evidence(
+                        flag="hallucinated",
+                        test="sigma_a_trajectory",
+                        message=message,
+                        value=ratio,
+                        threshold=s.sigma_a_ratio,
+                    )
+                )
+            elif ratio < 1 / s.sigma_a_ratio:
+                out.append(
+                    Evidence(
+                        flag="missing",
+                        test="sigma_a_trajectory",
+                        message=message,
+                        value=1 / ratio,
+                        threshold=s.sigma_a_ratio,
+                    )
+                )
+        n = r.events_reference + r.events_mlip
+        if n == 0 or r.mlip_duration_ps <= 0:
             continue
-        kind = {"mlip-minimum": "minimum", "ground-state": "ground"}.get(info.get("source"), "md")
-        checks.append(
-            check_frame(
-                f, info["energy_mlip"], np.asarray(info["forces_mlip"]), kind, force_constants
-            )
+        # Equal rates: the MLIP's share of all events follows its share of the time.
+        p = r.mlip_duration_ps / (r.mlip_duration_ps + r.duration_ps)
+        counts = (
+            f"{r.events_reference} off-site events (> {r.event_distance:.2f} Å) in "
+            f"{r.duration_ps:.1f} ps of reference MD at {r.temperature:g} K, "
+            f"{r.events_mlip} in {r.mlip_duration_ps:.1f} ps of MLIP-MD"
         )
-    md_u = {float(d.temperature): list(d.log.get("u", [])) for d in explorations}
-    doc = screening_verdict(evaluation, md_u, checks, settings, material=material)
-    notes = []
-    if labelled.n_failed:
-        notes.append(
-            f"{labelled.n_failed} of {labelled.n_requested} reference single points failed "
-            "and were left out: " + "; ".join(x.reason for x in labelled.failures[:2])
-        )
-    blown = [d for d in explorations if d.stopped_by == "blowup"]
-    for d in blown:
-        notes.append(f"MLIP-MD at {d.temperature:g} K blew up: {(d.blowup or {}).get('reason')}")
-    doc = doc.model_copy(
-        update={
-            "n_labels": labelled.n_requested - labelled.n_reused,
-            "n_label_failures": labelled.n_failed,
-            "notes": notes,
-        }
-    )
-    if blown and "missing" not in doc.flags:
-        # A trajectory the ensemble cannot keep physical is the strongest sign of missing data.
-        doc.evidence.append(
-            Evidence(
-                flag="missing",
-                test="blowup",
-                message=f"MLIP-MD blew up at {blown[0].temperature:g} K",
-                value=1.0,
-                threshold=0.0,
-            )
-        )
-        doc.flags.insert(0, "missing")
-        if doc.verdict == "ok":
-            doc.verdict = "missing"
-    logger.info("%s screening: %s", material, doc.summary)
-    return doc
+        fewer = binomtest(r.events_mlip, n, p, alternative="less").pvalue
+        more = binomtest(r.events_mlip, n, p, alternative="greater").pvalue
+        for flag, pvalue in (("missing", fewer), ("hallucinated", more)):
+            if pvalue < s.alpha:
+                # value and threshold as -log10 of the p-value and of alpha: larger fires
+                out.append(
+                    Evidence(
+                        flag=flag,
+                        test="event_rate",
+                        message=f"{counts} (equal rates: p = {pvalue:.2g})",
+                        value=float(-np.log10(pvalue)),
+                        threshold=float(-np.log10(s.alpha)),
+                    )
+                )
+    return out

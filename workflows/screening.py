@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 
 from jobflow import Flow, JobConfig, Maker, Response, job
 
-from active_mlip.makers.diagnostics import (
-    MLIPMinimaMaker,
-    ScreeningDocument,
-    frames_to_check,
-    judge,
-)
+from active_mlip.makers.diagnostics import ScreeningDocument
+from active_mlip.makers.evaluation import TestEvaluationMaker
 from active_mlip.makers.exploration import ExplorationMaker, ExplorationSettings
 from active_mlip.makers.labelling import LabelMaker
+from active_mlip.makers.reference_md import ReferenceMDMaker, ReferenceMDSettings
 from active_mlip.makers.schemas import DATA_FIELDS
+from active_mlip.makers.screening_jobs import MLIPMinimaMaker, frames_to_check, judge
 from active_mlip.workflows import policy
 from active_mlip.workflows.iteration import IterationMaker, decoded, light
 from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
@@ -104,7 +102,7 @@ _NO_QUOTA = 10**9
 class ScreeningMaker(Maker):
     """The paper's screening of a first ensemble: short MLIP-MD, MLIP minima, reference checks.
 
-    The verdict job judges the ensemble (:func:`active_mlip.makers.diagnostics.judge`);
+    The verdict job judges the ensemble (:func:`active_mlip.makers.screening_jobs.judge`);
     the gate then stops a material judged 'ok' and sends a flagged one on to active
     learning (the :class:`~active_mlip.workflows.iteration.IterationMaker` it is given).
 
@@ -114,8 +112,9 @@ class ScreeningMaker(Maker):
         Flow name suffix.
     settings
         The run's settings (``screening``, ``loop``, ``exploration``, ``selection``).
-    label_maker, exploration_maker, minima_maker
-        The stage Makers; ``None`` builds each from ``settings``.
+    label_maker, exploration_maker, minima_maker, reference_md_maker, evaluation_maker
+        The stage Makers; ``None`` builds each from ``settings`` (the reference MD only
+        with ``screening.reference_md`` and a labeller that runs in process).
     """
 
     name: str = "screening"
@@ -123,6 +122,8 @@ class ScreeningMaker(Maker):
     label_maker: LabelMaker | None = None
     exploration_maker: ExplorationMaker | None = None
     minima_maker: MLIPMinimaMaker | None = None
+    reference_md_maker: ReferenceMDMaker | None = None
+    evaluation_maker: TestEvaluationMaker | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -130,7 +131,6 @@ class ScreeningMaker(Maker):
             self.label_maker = LabelMaker(labeller=s.labeller)
         if self.exploration_maker is None:
             scr = s.screening
-            n_scored = max(1, scr.md_steps // s.exploration.loginterval)
             # The screening MD is judged by its own diagnostics along the whole
             # trajectory, from its first step: no equilibration or thermal window.
             md = ExplorationSettings.model_validate(
@@ -139,17 +139,36 @@ class ScreeningMaker(Maker):
                     "max_steps": scr.md_steps,
                     "equilibration_ps": 0.0,
                     "thermal_window_ps": 0.0,
-                    "sample_every": max(1, n_scored // scr.n_check),
+                    # every scored frame: events are counted along the whole MD; the
+                    # reference labels n_check of them (frames_to_check)
+                    "sample_every": 1,
                 }
             )
             self.exploration_maker = ExplorationMaker(settings=md, selection=s.selection)
         if self.minima_maker is None:
             self.minima_maker = MLIPMinimaMaker(settings=s.screening)
+        if self.reference_md_maker is None and s.screening.reference_md:
+            if getattr(self.label_maker.labeller, "in_process", False):
+                md = self.exploration_maker.settings
+                self.reference_md_maker = ReferenceMDMaker(
+                    labeller=self.label_maker.labeller,
+                    settings=ReferenceMDSettings(
+                        n_steps=s.screening.md_steps,
+                        timestep_fs=md.timestep_fs,
+                        loginterval=md.loginterval,
+                        friction=md.friction,
+                    ),
+                )
+            else:
+                logger.info("no reference MD in the screening: the labeller runs out of process")
+        if self.evaluation_maker is None:
+            self.evaluation_maker = TestEvaluationMaker(selection=s.selection)
 
     def make(self, state: LoopState, refs: LoopRefs, iteration: IterationMaker) -> Flow:
         """Screen the ensemble of ``refs``; the gate continues with ``iteration`` if flagged."""
-        loop = self.settings.loop
+        loop, scr = self.settings.loop, self.settings.screening
         material = state.material
+        seeds = [policy.walker_seed(loop.seed, 0, k) + 500 for k in range(len(loop.temperatures))]
         links = link(refs)
         links.name = f"{material} screening link"
         tag(links, "glue", iteration=0)
@@ -160,9 +179,7 @@ class ScreeningMaker(Maker):
             links.output["evaluation"].reference,
             temperatures=list(loop.temperatures),
             n_new=_NO_QUOTA,
-            seeds=[
-                policy.walker_seed(loop.seed, 0, k) + 500 for k in range(len(loop.temperatures))
-            ],
+            seeds=seeds,
         )
         md.name = f"{material} screening MD"
         tag(md, "exploration", iteration=0)
@@ -171,19 +188,34 @@ class ScreeningMaker(Maker):
         )
         minima.name = f"{material} screening minima"
         tag(minima, "exploration", iteration=0)
-        frames = frames_to_check(md.output.explorations, minima.output)
+        frames = frames_to_check(md.output.explorations, minima.output, scr.n_check)
         frames.name = f"{material} screening frames"
         tag(frames, "glue", iteration=0)
         label = self.label_maker.make(frames.output.frames)
         label.name = f"{material} screening labels"
         tag(label, "labelling", iteration=0)
+        references, on_references = [], []
+        if self.reference_md_maker is not None:
+            for k, (temperature, seed) in enumerate(zip(loop.temperatures, seeds, strict=True)):
+                ref = self.reference_md_maker.make(state_ref.walkers[k].start, temperature, seed)
+                ref.name = f"{material} screening reference MD {temperature:g} K"
+                tag(ref, "labelling", iteration=0)
+                on_ref = self.evaluation_maker.make(
+                    links.output["ensemble"], ref.output.frames, links.output["fc"]
+                )
+                on_ref.name = f"{material} screening along reference {temperature:g} K"
+                tag(on_ref, "evaluation", iteration=0)
+                references.append(ref)
+                on_references.append(on_ref)
         verdict = judge(
             material,
             links.output["evaluation"],
             md.output.explorations,
             label.output,
             links.output["fc"],
-            self.settings.screening,
+            scr,
+            [r.output for r in references],
+            [e.output for e in on_references],
         )
         verdict.name = f"{material} screening verdict"
         tag(
@@ -200,7 +232,7 @@ class ScreeningMaker(Maker):
         )
         gate.name = f"{material} screening gate"
         tag(gate, "controller", iteration=0)
-        jobs = [links, md, minima, frames, label, verdict, gate]
+        jobs = [links, md, *references, *on_references, minima, frames, label, verdict, gate]
         return Flow(jobs, output=gate.output, name=f"{material} screening")
 
 

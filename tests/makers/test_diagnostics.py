@@ -14,15 +14,15 @@ from active_mlip.core.frames import Frame
 from active_mlip.makers.diagnostics import (
     DiagnosticsSettings,
     FrameCheck,
-    chance_flag_rate,
     check_frame,
     prediction_level,
-    relax,
     screening_verdict,
 )
 from active_mlip.makers.ensemble import EnsembleCalculator
 from active_mlip.makers.evaluation import EvaluationDocument
 from active_mlip.makers.exploration import ExplorationSettings, run_exploration
+from active_mlip.makers.screening_calibration import chance_flag_rate
+from active_mlip.makers.screening_jobs import relax
 from active_mlip.makers.selection import ReferenceStatistics
 from tests.models import PairModel
 
