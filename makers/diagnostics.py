@@ -138,8 +138,9 @@ class DiagnosticsSettings(Document):
         1.5,
         gt=1,
         description="σ^A of the MLIP-MD (with the ensemble's forces) more than this factor "
-        "above the reference MD's is 'hallucinated' (the MLIP's surface is rougher than the "
-        "reference's where it goes), this factor below is 'missing' (it lacks the "
+        "above what the reference MD and the ensemble's own force error give together, "
+        "sqrt(σ_ref² + ε²), is 'hallucinated' (the MLIP's surface is rougher than the "
+        "reference's where it goes); this factor below is 'missing' (it lacks the "
         "reference's anharmonic events). Trajectory σ^A averages hundreds of atom-frames, so "
         "chance moves it by a few per cent, not by this factor.",
     )
@@ -196,6 +197,11 @@ class ScreeningDocument(Document):
     checks: list[FrameCheck] = Field(default_factory=list)
     references: list[ReferenceComparison] = Field(
         default_factory=list, description="MLIP-MD beside reference MD, per temperature."
+    )
+    reference_force_level: float | None = Field(
+        None,
+        description="The force error (meV/Å) above which a reference-MD frame flags "
+        "'missing' (None without reference MD).",
     )
     n_labels: int = Field(0, description="Reference labels this screening requested.")
     n_label_failures: int = 0
@@ -483,7 +489,18 @@ def screening_verdict(
         uncertainty_spike_fraction=fractions,
         checks=checks,
         references=references,
+        reference_force_level=reference_force_level(references, pred, s),
     )
+
+
+def reference_force_level(
+    references: list[ReferenceComparison], pred: dict[str, list[Any]], s: DiagnosticsSettings
+) -> float | None:
+    """The force-error level along the reference MD (None: no reference or test errors)."""
+    n_frames = sum(len(r.force_rmse) for r in references)
+    if not n_frames or len(pred.get("force_rmse") or []) < 2:
+        return None
+    return prediction_level(pred["force_rmse"], s.alpha, n_frames, min_ratio=s.min_ratio)
 
 
 def _reference_evidence(
@@ -493,9 +510,8 @@ def _reference_evidence(
     from scipy.stats import binomtest  # scipy only where a verdict is judged
 
     out: list[Evidence] = []
-    n_frames = sum(len(r.force_rmse) for r in references)
-    if n_frames and len(pred.get("force_rmse") or []) >= 2:
-        thr = prediction_level(pred["force_rmse"], s.alpha, n_frames, min_ratio=s.min_ratio)
+    thr = reference_force_level(references, pred, s)
+    if thr is not None:
         for r in references:
             over = [i for i, e in enumerate(r.force_rmse) if e > thr]
             if not over:
@@ -516,11 +532,14 @@ def _reference_evidence(
                 )
             )
     for r in references:
-        if r.sigma_a_reference and r.sigma_a_mlip:
-            ratio = r.sigma_a_mlip / r.sigma_a_reference
+        expected = r.sigma_a_expected
+        if expected and r.sigma_a_mlip:
+            ratio = r.sigma_a_mlip / expected
             message = (
-                f"σ^A of the MLIP-MD at {r.temperature:g} K is {r.sigma_a_mlip:.2f}, the "
-                f"reference MD's {r.sigma_a_reference:.2f} ({ratio:.2f}×)"
+                f"σ^A of the MLIP-MD at {r.temperature:g} K is {r.sigma_a_mlip:.2f}, "
+                f"{ratio:.2f}× the {expected:.2f} expected from the reference MD's "
+                f"{r.sigma_a_reference:.2f} and the ensemble's "
+                f"{r.relative_force_error or 0.0:.0%} force error"
             )
             if ratio > s.sigma_a_ratio:
                 out.append(

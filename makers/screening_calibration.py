@@ -128,6 +128,7 @@ def synthetic_screenings(
             max_displacement=[0.3] * n_md,
             sigma_a_reference=sigma_ref,
             sigma_a_mlip=float(np.hypot(sigma_ref * (1 + 0.05 * rng.standard_normal()), 0.1)),
+            relative_force_error=0.1,
         )
         yield evaluation, {300.0: md_u}, checks, [reference]
 

@@ -7,7 +7,11 @@
 - ``parity.png``: the final ensemble against the reference on the test set;
 - ``sigma_a.png``: anharmonicity σ^A of reference (test) frames and of MLIP-MD frames;
 - ``calibration.png``: predicted uncertainty of each newly labelled frame against its
-  true force error (Spearman rank correlation in the title).
+  true force error (Spearman rank correlation in the title);
+- ``screening_reference.png``: the first ensemble's force error along the screening's
+  reference MD in time order, with the largest displacement from the ground state.
+
+Just over 500 lines: one page and its plots, in the order a reader sees them.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from active_mlip.core.documents import without_mson_keys
+from active_mlip.core.documents import as_model, without_mson_keys
+from active_mlip.makers.diagnostics import ScreeningDocument
 from active_mlip.makers.selection import (
     ReferenceStatistics,
     anharmonicity_score,
@@ -215,8 +220,71 @@ def write_report(
             "How well the ensemble's uncertainty ranks the true error of the frames it chose.",
         )
 
+    # 7. screening beside the reference MD ---------------------------------------------
+    try:
+        _screening_plot(plt, result, store, save)
+    except Exception as exc:  # an old or missing document must not stop the report
+        logger.warning("screening plot skipped: %s", exc)
+
     _write_html(out, result, history, figures, selected)
     return out / "report.html"
+
+
+def _screening_plot(plt, result, store, save) -> bool:
+    """The ensemble's force error along the reference MD in time order (the paper's view)."""
+    summary = result.state.screening
+    if summary is None:
+        return False
+    doc = as_model(store.get_output(summary.screening_uuid, load=True), ScreeningDocument)
+    if not doc.references:
+        return False
+    fig, axes = plt.subplots(
+        1, len(doc.references), figsize=(8 * len(doc.references), 4.0), squeeze=False
+    )
+    level = doc.reference_force_level
+    for ax, r in zip(axes[0], doc.references, strict=True):
+        handles = ax.plot(r.time_ps, r.force_rmse, "o-", ms=3, lw=1, label="ensemble force error")
+        if level is not None:
+            handles.append(ax.axhline(level, ls="--", color="C3", label="level ('missing')"))
+        ax.set_ylim(0, 1.25 * max([level or 0.0, *r.force_rmse]))
+        ax.set_xlabel("time along the reference MD (ps)")
+        ax.set_ylabel("force RMSE (meV/Å)")
+        twin = ax.twinx()
+        handles += twin.plot(
+            r.time_ps, r.max_displacement, color="grey", lw=1, label="largest displacement"
+        )
+        handles.append(
+            twin.axhline(r.event_distance, ls=":", color="grey", label="off-site distance")
+        )
+        twin.set_ylim(0, 1.6 * max([r.event_distance, *r.max_displacement]))
+        twin.set_ylabel("largest displacement from R0 (Å)", color="grey")
+        sig = (
+            f"; σ^A {r.sigma_a_reference:.2f} (reference), {r.sigma_a_mlip:.2f} (MLIP-MD)"
+            if r.sigma_a_reference and r.sigma_a_mlip
+            else ""
+        )
+        ax.set_title(
+            f"{r.temperature:g} K: off-site events {r.events_reference} (reference), "
+            f"{r.events_mlip} (MLIP-MD){sig}",
+            fontsize=9,
+        )
+        ax.legend(
+            handles=handles,
+            fontsize=7,
+            ncol=4,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            frameon=False,
+        )
+    save(
+        fig,
+        "screening_reference.png",
+        f"Screening verdict '{doc.verdict}'. The first ensemble along a reference MD from the "
+        "same start: its force error per frame in time order (dashed: the level above which "
+        "the reference visits configurations the ensemble does not know) and the largest "
+        "displacement of an atom from its ground-state site (dotted: an off-site event).",
+    )
+    return True
 
 
 def _sigma_a_plot(plt, result, store, test_frames, save) -> tuple[bool, list[dict[str, Any]]]:

@@ -144,6 +144,18 @@ def _evaluation() -> EvaluationDocument:
         (_comparison(events_reference=0, events_mlip=8), "hallucinated", ["event_rate"]),
         (_comparison(sigma_a_mlip=0.9), "hallucinated", ["sigma_a_trajectory"]),
         (_comparison(sigma_a_mlip=0.2), "missing", ["sigma_a_trajectory"]),
+        # MgO-like: a harmonic reference (0.19) seen through 27 % force errors shows 0.33
+        # in MLIP-MD without visiting anything new: sqrt(0.19² + 0.27²) = 0.33
+        (
+            _comparison(sigma_a_reference=0.19, sigma_a_mlip=0.33, relative_force_error=0.27),
+            "ok",
+            [],
+        ),
+        (
+            _comparison(sigma_a_reference=0.19, sigma_a_mlip=0.33, relative_force_error=0.05),
+            "hallucinated",
+            ["sigma_a_trajectory"],
+        ),
     ],
 )
 def test_reference_evidence_on_constructed_comparisons(comparison, verdict, tests):
@@ -201,6 +213,10 @@ def test_compare_with_reference_counts_events_on_both_trajectories():
     assert c.time_ps == pytest.approx([0.04, 0.08, 0.12, 0.16, 0.20, 0.24])
     assert c.max_displacement[2] == pytest.approx(1.3) and c.max_displacement[0] == 0.0
     assert c.force_rmse == [50.0] * 6 and c.uncertainty == [0.1] * 6
+    # 0.05 eV/Å errors against the reference forces: 0.01 on every component of the
+    # still frames; the hop frames add one component of -1.29 among 96
+    still, hop_ms = 1e-4, (1.29**2 + 95e-4) / 96
+    assert c.relative_force_error == pytest.approx(0.05 / np.sqrt((3 * still + 3 * hop_ms) / 6))
     # F − F⁽²⁾ = 0.01 on every component while the hop lasts, and all forces are 0.01 on
     # the still frames: the trajectory σ^A is sqrt(<Σ(0.01)²> / <ΣF²>)
     f2 = [np.sum(np.asarray(f.forces) ** 2) for f in reference.frames]

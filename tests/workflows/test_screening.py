@@ -128,6 +128,8 @@ def test_two_material_tiny_campaign_end_to_end(tmp_path):
     assert record["label_budget_used"] == cui["labels_used"] + agse["labels_used"] == 76
     summary = json.loads((workdir / "CuI" / "summary.json").read_text())
     assert summary["screening"]["verdict"] == cui["verdict"]
+    # the screening ran a reference MD beside the MLIP-MD and plotted the comparison
+    assert (workdir / "CuI" / "report" / "screening_reference.png").stat().st_size > 5000
     report = (workdir / "report" / "report.html").read_text()
     assert "CuI" in report and "AgGaSe2" in report and "76 of 60" in report
     for png in ("mae_histograms.png", "verdicts.png", "learning_curves.png"):
