@@ -37,7 +37,8 @@ quantities) with a Bonferroni split over the values checked, so that an ensemble
 MD stays in its test distribution is flagged by chance in at most ~5 % of materials
 (:mod:`active_mlip.makers.screening_calibration` measures it; ``docs/screening.md`` has
 the numbers). The verdict is ``hallucinated`` when that flag is raised (a state that
-does not exist is the worse failure), else ``missing``, else ``ok``; both flags and
+does not exist is the worse failure; an energy gap alone beside 'missing' evidence counts
+as missing, see :func:`verdict_from`), else ``missing``, else ``ok``; both flags and
 every piece of evidence are kept. Flagged materials go on to active learning.
 
 Over 500 lines on purpose: the settings, the documents and every rule of the verdict
@@ -477,7 +478,7 @@ def screening_verdict(
         )
 
     flags = sorted({e.flag for e in evidence}, key=["missing", "hallucinated"].index)
-    verdict: Verdict = "hallucinated" if "hallucinated" in flags else "missing" if flags else "ok"
+    verdict = verdict_from(evidence)
     return ScreeningDocument(
         material=material,
         verdict=verdict,
@@ -491,6 +492,21 @@ def screening_verdict(
         references=references,
         reference_force_level=reference_force_level(references, pred, s),
     )
+
+
+def verdict_from(evidence: list[Evidence]) -> Verdict:
+    """The verdict the evidence supports.
+
+    A state that does not exist is the worse failure, so a hallucination flag wins --
+    except an energy gap alone beside 'missing' evidence: the ensemble then puts a state
+    too low that the reference keeps (it does not relax away, has no surplus events), which
+    is what a genuine state absent from the training data looks like (CuI's off-site Cu).
+    """
+    tests = {e.test for e in evidence if e.flag == "hallucinated"}
+    missing = any(e.flag == "missing" for e in evidence)
+    if tests - {"energy_gap"} or (tests and not missing):
+        return "hallucinated"
+    return "missing" if missing else "ok"
 
 
 def reference_force_level(

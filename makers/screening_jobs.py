@@ -25,6 +25,7 @@ from active_mlip.makers.diagnostics import (
     ScreeningDocument,
     check_frame,
     screening_verdict,
+    verdict_from,
 )
 from active_mlip.makers.evaluation import EvaluationDocument
 from active_mlip.makers.exploration import ExplorationDocument
@@ -209,7 +210,6 @@ def judge(
             )
         )
         doc.flags.insert(0, "missing")
-        if doc.verdict == "ok":
-            doc.verdict = "missing"
+        doc.verdict = verdict_from(doc.evidence)
     logger.info("%s screening: %s", material, doc.summary)
     return doc

@@ -158,8 +158,16 @@ CALM_U = [0.10, 0.11, 0.09, 0.12, 0.10] * 4  # all far below the level, 0.204 (s
         # both failure modes: hallucinated wins, both flags and all evidence kept
         (
             CALM_U,
-            [_check(rmse=90.0), _check(gap=0.5)],
+            [_check(rmse=90.0), _check("minimum", fmax=0.5)],
             "hallucinated",
+            ["force_error", "relaxes_away"],
+        ),
+        # an energy gap alone beside missing evidence: a genuine state the ensemble puts
+        # too low (the reference keeps it: no push at the minimum) is a missing one
+        (
+            CALM_U,
+            [_check(rmse=90.0), _check("minimum", gap=0.5)],
+            "missing",
             ["force_error", "energy_gap"],
         ),
     ],
@@ -173,7 +181,7 @@ def test_verdict_on_constructed_cases(md_u, checks, verdict, tests):
         assert e.value > e.threshold
     if verdict == "ok":
         assert doc.flags == [] and doc.summary.startswith("ok")
-    if tests == ["force_error", "energy_gap"]:
+    if len(tests) == 2:
         assert doc.flags == ["missing", "hallucinated"]
 
 
