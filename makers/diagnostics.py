@@ -132,6 +132,12 @@ class DiagnosticsSettings(Document):
         "seed and length) and judge the ensemble along it, in time order. Needs a labeller "
         "that runs in process (CHGNet, an ASE calculator); skipped, with a note, for DFT.",
     )
+    baseline_every: int = Field(
+        5,
+        ge=1,
+        description="Every this many reference-MD frames join the test set as the baseline "
+        "of the checked MLIP-MD frames (neighbouring frames are alike: 5 × 40 fs apart).",
+    )
     events: EventSettings = Field(
         default_factory=EventSettings, description="What counts as an off-site event."
     )
@@ -318,6 +324,16 @@ def _u_level(evaluation: EvaluationDocument, alpha: float) -> float:
     return ref.u_mean + q * ref.u_std * np.sqrt(n / (n - 1)) * np.sqrt(1.0 + 1.0 / n)
 
 
+def _baseline(
+    test: list[Any] | None, along_references: list[list[float]], s: DiagnosticsSettings
+) -> list[float]:
+    """Test-set values and every ``baseline_every``-th value along each reference MD."""
+    values = [float(v) for v in test or [] if v is not None]
+    for series in along_references:
+        values += [float(v) for v in series[s.baseline_every - 1 :: s.baseline_every]]
+    return values
+
+
 def _energy_errors_eV(pred: dict[str, list[Any]]) -> np.ndarray:
     """E_reference − E_ensemble of each test frame, whole cell (eV)."""
     ref = np.asarray(pred.get("energy_ref_per_atom") or [], dtype=float)
@@ -388,9 +404,16 @@ def screening_verdict(
             )
 
     md_checks = [c for c in checks if c.kind == "md"]
-    # missing (2): the reference disagrees with the ensemble far more than on the test set
-    if md_checks and len(pred.get("force_rmse") or []) >= 2:
-        thr = prediction_level(pred["force_rmse"], s.alpha, len(md_checks), min_ratio=s.min_ratio)
+    references = references or []
+    # The baselines of the checked frames: the test set (harmonic samples) and, where it
+    # ran, the reference MD (the thermal ensemble the MLIP-MD should sample; every
+    # ``baseline_every``-th frame, as neighbouring MD frames are alike).
+    base_f = _baseline(pred.get("force_rmse"), [r.force_rmse for r in references], s)
+    base_s = _baseline(pred.get("sigma_a_ref"), [r.sigma_a for r in references], s)
+    base_e = _baseline(list(_energy_errors_eV(pred)), [r.energy_error_eV for r in references], s)
+    # missing (2): the reference disagrees with the ensemble far more than on the baseline
+    if md_checks and len(base_f) >= 2:
+        thr = prediction_level(base_f, s.alpha, len(md_checks), min_ratio=s.min_ratio)
         bad = [c for c in md_checks if c.force_rmse_meV_per_A > thr]
         if bad:
             top = max(bad, key=lambda c: c.force_rmse_meV_per_A)
@@ -400,17 +423,16 @@ def screening_verdict(
                     test="force_error",
                     message=f"force error {top.force_rmse_meV_per_A:.0f} meV/Å on the MD frame "
                     f"at step {top.step} ({top.temperature:g} K) against a level of "
-                    f"{thr:.0f} meV/Å from the test set; {len(bad)} of "
+                    f"{thr:.0f} meV/Å from the test set and reference MD; {len(bad)} of "
                     f"{len(md_checks)} checked frames",
                     value=top.force_rmse_meV_per_A,
                     threshold=thr,
                 )
             )
     # missing (3): σ^A jumps: the trajectory reached strongly anharmonic configurations
-    sig_ref = [x for x in pred.get("sigma_a_ref", []) if x is not None]
     sig_md = [c for c in md_checks if c.sigma_a is not None]
-    if len(sig_ref) >= 2 and sig_md:
-        thr = prediction_level(sig_ref, s.alpha, len(sig_md), min_ratio=s.min_ratio)
+    if len(base_s) >= 2 and sig_md:
+        thr = prediction_level(base_s, s.alpha, len(sig_md), min_ratio=s.min_ratio)
         bad = [c for c in sig_md if c.sigma_a > thr]
         if bad:
             top = max(bad, key=lambda c: c.sigma_a)
@@ -424,13 +446,12 @@ def screening_verdict(
                     flag="missing",
                     test="sigma_a",
                     message=f"σ^A {top.sigma_a:.2f} at step {top.step} ({top.temperature:g} K)"
-                    f"{disp}, against a level of {thr:.2f} from the test set",
+                    f"{disp}, against a level of {thr:.2f} from the test set and reference MD",
                     value=top.sigma_a,
                     threshold=thr,
                 )
             )
 
-    references = references or []
     evidence += _reference_evidence(references, pred, s)
 
     # hallucinated (1): states the ensemble puts far too low, relative to the ground state
@@ -438,7 +459,7 @@ def screening_verdict(
     zero = ground.energy_gap_eV if ground is not None else 0.0
     states = [c for c in checks if c.kind != "ground" and c.energy_gap_eV is not None]
     gap_thr = s.energy_gap_eV
-    errors = _energy_errors_eV(pred) - zero
+    errors = np.asarray(base_e) - zero
     if states and errors.size >= 2:
         level = prediction_level(errors, s.alpha, len(states), log=False, min_ratio=0.0)
         gap_thr = max(gap_thr, level)

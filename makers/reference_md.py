@@ -298,6 +298,13 @@ class ReferenceComparison(Document):
     max_displacement: list[float] = Field(
         description="Largest displacement from the ground state in each reference frame (Å)."
     )
+    sigma_a: list[float] = Field(
+        default_factory=list, description="σ^A of each reference frame (reference forces)."
+    )
+    energy_error_eV: list[float] = Field(
+        default_factory=list,
+        description="E_reference − E_ensemble of each reference frame, whole cell (eV).",
+    )
     sigma_a_reference: float | None = Field(None, description="σ^A of the reference MD.")
     sigma_a_mlip: float | None = Field(
         None, description="σ^A of the MLIP-MD with the ensemble's forces."
@@ -365,7 +372,8 @@ def compare_with_reference(
     if forces_mlip and all(f is not None for f in forces_mlip):
         sig_mlip = trajectory_anharmonicity(forces_mlip, u_mlip, fc)
     key = f"u_{on_reference.reference.key}"
-    errors = np.asarray(on_reference.predictions.get("force_rmse", []), dtype=float) / 1000.0
+    pred = on_reference.predictions
+    errors = np.asarray(pred.get("force_rmse", []), dtype=float) / 1000.0
     rms_force = (
         float(np.sqrt(np.mean([np.mean(np.square(f.forces)) for f in reference.frames])))
         if reference.frames
@@ -383,9 +391,17 @@ def compare_with_reference(
         events_reference=len(off_site_events(ref_pos, r0, distance, events.min_frames)),
         events_mlip=len(off_site_events(mlip_pos, r0, distance, events.min_frames)),
         time_ps=[float(f.info.get("time_fs", 0.0)) / 1000.0 for f in reference.frames],
-        force_rmse=list(on_reference.predictions.get("force_rmse", [])),
-        uncertainty=list(on_reference.predictions.get(key, [])),
+        force_rmse=list(pred.get("force_rmse", [])),
+        uncertainty=list(pred.get(key, [])),
         max_displacement=[float(np.linalg.norm(u, axis=1).max()) for u in u_ref],
+        sigma_a=[float(x) for x in pred.get("sigma_a_ref", []) if x is not None],
+        energy_error_eV=(
+            (
+                np.asarray(pred.get("energy_ref_per_atom", []), dtype=float)
+                - np.asarray(pred.get("energy_pred_per_atom", []), dtype=float)
+            )
+            * np.asarray(pred.get("n_atoms", []), dtype=float)
+        ).tolist(),
         sigma_a_reference=sig_ref,
         sigma_a_mlip=sig_mlip,
         relative_force_error=relative,

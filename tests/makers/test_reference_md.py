@@ -11,7 +11,7 @@ from ase.calculators.emt import EMT
 from jobflow import Flow, run_locally
 
 from active_mlip.core.frames import Frame
-from active_mlip.makers.diagnostics import DiagnosticsSettings, screening_verdict
+from active_mlip.makers.diagnostics import DiagnosticsSettings, FrameCheck, screening_verdict
 from active_mlip.makers.evaluation import EvaluationDocument
 from active_mlip.makers.labelling import ASECalculatorLabeller
 from active_mlip.makers.reference_md import (
@@ -224,3 +224,20 @@ def test_compare_with_reference_counts_events_on_both_trajectories():
     assert c.sigma_a_reference == pytest.approx(expected)
     # the MLIP-MD: F = -0.04, u = +0.05, F⁽²⁾ = -0.05 on every component: 0.01 / 0.04
     assert c.sigma_a_mlip == pytest.approx(0.25)
+
+
+def test_checked_frames_are_judged_against_the_thermal_errors_along_the_reference():
+    # The test set is harmonic samples (errors ~50 meV/Å); thermal frames carry larger
+    # errors (~70 along the reference MD). A checked MLIP-MD frame at 80 is thermal, not new.
+    check = FrameCheck(
+        kind="md", temperature=300.0, step=300, energy_gap_meV_per_atom=0.0,
+        energy_gap_eV=0.0, force_rmse_meV_per_A=80.0, max_reference_force=1.0,
+    )  # fmt: skip
+    settings = DiagnosticsSettings()
+    alone = screening_verdict(_evaluation(), {300.0: [0.1] * 60}, [check], settings)
+    assert alone.verdict == "missing" and alone.evidence[0].test == "force_error"
+    thermal = _comparison(force_rmse=[70.0 + 5 * np.sin(i) for i in range(60)])
+    beside = screening_verdict(
+        _evaluation(), {300.0: [0.1] * 60}, [check], settings, "X", [thermal]
+    )
+    assert beside.verdict == "ok", beside.summary
