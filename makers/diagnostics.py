@@ -205,10 +205,10 @@ class ScreeningDocument(Document):
     references: list[ReferenceComparison] = Field(
         default_factory=list, description="MLIP-MD beside reference MD, per temperature."
     )
-    reference_force_level: float | None = Field(
-        None,
-        description="The force error (meV/Å) above which a reference-MD frame flags "
-        "'missing' (None without reference MD).",
+    reference_force_levels: list[float] = Field(
+        default_factory=list,
+        description="Per reference MD, the force error (meV/Å) above which its frames flag "
+        "'missing'.",
     )
     n_labels: int = Field(0, description="Reference labels this screening requested.")
     n_label_failures: int = 0
@@ -310,10 +310,11 @@ def check_frame(
     )
 
 
-def _u_level(evaluation: EvaluationDocument, alpha: float) -> float:
-    """The per-frame uncertainty spike level from the test set's own uncertainties."""
+def _u_level(evaluation: EvaluationDocument, alpha: float, along: list[float]) -> float:
+    """The per-frame uncertainty spike level from the test set's uncertainties and the
+    ensemble's along the reference MD (``along``, already thinned)."""
     ref = evaluation.reference
-    values = evaluation.predictions.get(f"u_{ref.key}") or []
+    values = list(evaluation.predictions.get(f"u_{ref.key}") or []) + list(along)
     if len([v for v in values if v and np.isfinite(v) and v > 0]) >= 2:
         return prediction_level(values, alpha, min_ratio=0.0)
     # Only the summary is known (older documents): a normal model of the test set.
@@ -379,7 +380,9 @@ def screening_verdict(
     evidence: list[Evidence] = []
 
     # missing (1): the ensemble itself says it has left familiar ground
-    u_thr = _u_level(evaluation, s.frame_alpha)
+    references = references or []
+    u_along = _baseline([], [r.uncertainty for r in references], s)
+    u_thr = _u_level(evaluation, s.frame_alpha, u_along)
     n_md = 0
     fractions = worst = 0.0
     for temperature, us in sorted(md_uncertainties.items()):
@@ -404,7 +407,6 @@ def screening_verdict(
             )
 
     md_checks = [c for c in checks if c.kind == "md"]
-    references = references or []
     # The baselines of the checked frames: the test set (harmonic samples) and, where it
     # ran, the reference MD (the thermal ensemble the MLIP-MD should sample; every
     # ``baseline_every``-th frame, as neighbouring MD frames are alike).
@@ -511,7 +513,7 @@ def screening_verdict(
         uncertainty_spike_fraction=fractions,
         checks=checks,
         references=references,
-        reference_force_level=reference_force_level(references, pred, s),
+        reference_force_levels=reference_force_levels(references, pred, s),
     )
 
 
@@ -530,14 +532,39 @@ def verdict_from(evidence: list[Evidence]) -> Verdict:
     return "missing" if missing else "ok"
 
 
-def reference_force_level(
+def trajectory_level(values: list[float], s: DiagnosticsSettings) -> float:
+    """A spike level from a trajectory's own values, robust to the spikes themselves.
+
+    Median and MAD of the logarithms (up to half the frames may be spikes), a Student t
+    quantile for ``len(values) / baseline_every`` independent frames (neighbouring MD
+    frames are alike) and ``alpha`` split over all frames.
+    """
+    from scipy.stats import t as student_t
+
+    v = np.log(np.asarray([x for x in values if x and x > 0], dtype=float))
+    if v.size < 2:
+        return 0.0
+    n_eff = max(2, v.size // s.baseline_every)
+    median = float(np.median(v))
+    mad = 1.4826 * float(np.median(np.abs(v - median)))
+    q = float(student_t.ppf(1.0 - s.alpha / v.size, n_eff - 1))
+    return float(np.exp(median + q * mad * np.sqrt(1.0 + 1.0 / n_eff)))
+
+
+def reference_force_levels(
     references: list[ReferenceComparison], pred: dict[str, list[Any]], s: DiagnosticsSettings
-) -> float | None:
-    """The force-error level along the reference MD (None: no reference or test errors)."""
+) -> list[float]:
+    """Per reference MD, the force error above which its frames flag 'missing'.
+
+    A spike stands out from the test set AND from the trajectory's own errors (robust:
+    an event may fill part of it); a uniform rise is the thermal ensemble against
+    harmonic test frames, not an event. Empty without test-set force errors.
+    """
     n_frames = sum(len(r.force_rmse) for r in references)
     if not n_frames or len(pred.get("force_rmse") or []) < 2:
-        return None
-    return prediction_level(pred["force_rmse"], s.alpha, n_frames, min_ratio=s.min_ratio)
+        return []
+    test = prediction_level(pred["force_rmse"], s.alpha, n_frames, min_ratio=s.min_ratio)
+    return [max(test, trajectory_level(r.force_rmse, s)) for r in references]
 
 
 def _reference_evidence(
@@ -547,27 +574,25 @@ def _reference_evidence(
     from scipy.stats import binomtest  # scipy only where a verdict is judged
 
     out: list[Evidence] = []
-    thr = reference_force_level(references, pred, s)
-    if thr is not None:
-        for r in references:
-            over = [i for i, e in enumerate(r.force_rmse) if e > thr]
-            if not over:
-                continue
-            i = max(over, key=lambda j: r.force_rmse[j])
-            first = over[0]
-            out.append(
-                Evidence(
-                    flag="missing",
-                    test="reference_force_error",
-                    message=f"along the reference MD at {r.temperature:g} K the ensemble's force "
-                    f"error reaches {r.force_rmse[i]:.0f} meV/Å at {r.time_ps[i]:.2f} ps (an "
-                    f"atom {r.max_displacement[i]:.2f} Å from its site), first above the level "
-                    f"of {thr:.0f} meV/Å at {r.time_ps[first]:.2f} ps; {len(over)} of "
-                    f"{len(r.force_rmse)} frames",
-                    value=r.force_rmse[i],
-                    threshold=thr,
-                )
+    for r, thr in zip(references, reference_force_levels(references, pred, s), strict=False):
+        over = [i for i, e in enumerate(r.force_rmse) if e > thr]
+        if not over:
+            continue
+        i = max(over, key=lambda j: r.force_rmse[j])
+        first = over[0]
+        out.append(
+            Evidence(
+                flag="missing",
+                test="reference_force_error",
+                message=f"along the reference MD at {r.temperature:g} K the ensemble's force "
+                f"error reaches {r.force_rmse[i]:.0f} meV/Å at {r.time_ps[i]:.2f} ps (an "
+                f"atom {r.max_displacement[i]:.2f} Å from its site), first above the level "
+                f"of {thr:.0f} meV/Å at {r.time_ps[first]:.2f} ps; {len(over)} of "
+                f"{len(r.force_rmse)} frames",
+                value=r.force_rmse[i],
+                threshold=thr,
             )
+        )
     for r in references:
         expected = r.sigma_a_expected
         if expected and r.sigma_a_mlip:

@@ -241,8 +241,8 @@ def _screening_plot(plt, result, store, save) -> bool:
     fig, axes = plt.subplots(
         1, len(doc.references), figsize=(8 * len(doc.references), 4.0), squeeze=False
     )
-    level = doc.reference_force_level
-    for ax, r in zip(axes[0], doc.references, strict=True):
+    levels = doc.reference_force_levels or [None] * len(doc.references)
+    for ax, r, level in zip(axes[0], doc.references, levels, strict=True):
         handles = ax.plot(r.time_ps, r.force_rmse, "o-", ms=3, lw=1, label="ensemble force error")
         if level is not None:
             handles.append(ax.axhline(level, ls="--", color="C3", label="level ('missing')"))

@@ -137,6 +137,25 @@ def test_two_material_tiny_campaign_end_to_end(tmp_path):
     assert "campaign report in" in out.output
 
 
+@pytest.mark.slow
+def test_a_harmonic_material_is_screened_ok_and_learns_no_further(tmp_path):
+    """The negative control of the campaign: KCl (rocksalt, nearly harmonic at 300 K).
+
+    Its first ensemble's MD stays where its test set and the reference MD are, so the
+    verdict is 'ok' and the material stops after the screening (the CuI/AgGaSe2 test
+    above shows the flags).
+    """
+    workdir = tmp_path / "ctrl"
+    args = ["run", "--campaign", SCREENING_112, "--materials", "KCl", "--preset", "tiny"]
+    out = CliRunner().invoke(app, [*args, "--workdir", str(workdir)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    (kcl,) = json.loads((workdir / "campaign.json").read_text())["outcomes"]
+    assert kcl["verdict"] == "ok", kcl["evidence"]
+    assert "no active learning needed" in kcl["stop_reason"]
+    assert len(kcl["curve"]) == 1 and kcl["labels_used"] == 28 + 7
+    assert (workdir / "KCl" / "report" / "screening_reference.png").stat().st_size > 5000
+
+
 def test_the_shipped_screening_campaign_file_loads():
     from pathlib import Path
 
