@@ -2,6 +2,7 @@
 
 import pytest
 
+from active_mlip.core.hashing import content_hash
 from active_mlip.workflows.presets import PRESETS, TRAINING_PRESETS, training_preset
 from active_mlip.workflows.settings import ActiveLearningSettings
 
@@ -26,13 +27,21 @@ def test_loop_presets_start_from_the_training_presets(name):
     }
 
 
-def test_preset_fingerprints_are_stable():
-    # Cache keys hash these settings: moving the presets must not change a stored key.
-    fingerprints = {n: ActiveLearningSettings.from_preset(n).fingerprint()[:16] for n in PRESETS}
-    assert fingerprints == {
-        "tiny": "31b9f4bedd7963bb",
-        "quick": "3e1173908417ee10",
-        "paper": "481c3b684705fe88",
+def test_preset_sections_are_stable():
+    # What the presets define (loop, training, exploration, selection) hashes as it did
+    # before they moved to workflows/presets.py (session 11's commit a882968): moving
+    # them changed no setting and so no cache key.
+    sections = {"loop", "training", "exploration", "selection"}
+    hashes = {
+        n: content_hash(
+            ActiveLearningSettings.from_preset(n).model_dump(mode="json", include=sections)
+        )[:16]
+        for n in PRESETS
+    }
+    assert hashes == {
+        "tiny": "5be0eb57fe4a2dae",
+        "quick": "5a6761b148453674",
+        "paper": "dd15a98b496b7f0a",
     }
     assert ActiveLearningSettings.from_preset("tiny").training.max_num_epochs == 30
     assert ActiveLearningSettings.from_preset("quick").training.n_members == 4
