@@ -108,12 +108,12 @@ def synthetic_screenings(
         checks = [check("md", 1.0) for _ in range(n_check)]
         checks.append(check("minimum", float(lognormal(0.15, spread / 2))))
         checks.append(check("ground", 0.0))
-        walk_f = np.empty(n_md)
-        walk_f[0] = rng.standard_normal()
+        walk_f, walk_u = np.empty(n_md), np.empty(n_md)
+        walk_f[0], walk_u[0] = rng.standard_normal(2)
         for i in range(1, n_md):
-            walk_f[i] = correlation * walk_f[i - 1] + rng.standard_normal() * np.sqrt(
-                1 - correlation**2
-            )
+            step = rng.standard_normal(2) * np.sqrt(1 - correlation**2)
+            walk_f[i] = correlation * walk_f[i - 1] + step[0]
+            walk_u[i] = correlation * walk_u[i - 1] + step[1]
         sigma_ref = 0.45 * (1 + 0.05 * rng.standard_normal())
         reference = ReferenceComparison(
             temperature=300.0,
@@ -124,7 +124,7 @@ def synthetic_screenings(
             events_mlip=int(rng.poisson(2.0)),
             time_ps=[0.04 * (i + 1) for i in range(n_md)],
             force_rmse=(50.0 * np.exp(spread / 2 * walk_f)).tolist(),
-            uncertainty=md_u,
+            uncertainty=(0.1 * np.exp(spread * walk_u)).tolist(),
             max_displacement=[0.3] * n_md,
             sigma_a_reference=sigma_ref,
             sigma_a_mlip=float(np.hypot(sigma_ref * (1 + 0.05 * rng.standard_normal()), 0.1)),

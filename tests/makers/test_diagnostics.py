@@ -132,8 +132,8 @@ CALM_U = [0.10, 0.11, 0.09, 0.12, 0.10] * 4  # all far below the level, 0.204 (s
 # - uncertainty, normal model of the summary (n = 4): 0.10 + t(0.998, 3) = 8.052613 times
 #   0.01·sqrt(4/3) (the population std made a sample std) times sqrt(1.25) = 0.2041;
 # - force error, log-normal, one checked frame: exp(mean log + t(0.99, 3)·s·sqrt(1.25)) =
-#   59.3 meV/Å, below 1.5·50 = 75: the level is 75;
-# - σ^A: the same way 0.40 < 1.5·0.30: the level is 0.45;
+#   59.3 meV/Å, below 2·50 = 100 (min_ratio): the level is 100;
+# - σ^A: the same way 0.40 < 2·0.30: the level is 0.60;
 # - energy: test errors 0.064·[1, -1, 1, -1] eV (zero mean): 0.15 eV for one state,
 #   above the 0.1 eV floor;
 # - relaxes away: no per-atom errors in the document, so the 0.1 eV/Å floor.
@@ -145,10 +145,11 @@ CALM_U = [0.10, 0.11, 0.09, 0.12, 0.10] * 4  # all far below the level, 0.204 (s
         (CALM_U[:16] + [0.25] * 4, [_check()], "missing", ["uncertainty"]),
         # 2 of 20 frames above: 10 %, not more than 10 %
         (CALM_U[:18] + [0.25] * 2, [_check()], "ok", []),
-        # force error 90 > 75
-        (CALM_U, [_check(rmse=90.0)], "missing", ["force_error"]),
-        # sigma^A 0.6 > 0.45
-        (CALM_U, [_check(sigma=0.6)], "missing", ["sigma_a"]),
+        # force error 120 > 100; 90 is not
+        (CALM_U, [_check(rmse=120.0)], "missing", ["force_error"]),
+        (CALM_U, [_check(rmse=90.0)], "ok", []),
+        # sigma^A 0.8 > 0.6
+        (CALM_U, [_check(sigma=0.8)], "missing", ["sigma_a"]),
         # 0.5 eV above the prediction > 0.15 eV
         (CALM_U, [_check(gap=0.5)], "hallucinated", ["energy_gap"]),
         # the same 0.5 eV at the ground state too: an offset everywhere, not a false state
@@ -158,7 +159,7 @@ CALM_U = [0.10, 0.11, 0.09, 0.12, 0.10] * 4  # all far below the level, 0.204 (s
         # both failure modes: hallucinated wins, both flags and all evidence kept
         (
             CALM_U,
-            [_check(rmse=90.0), _check("minimum", fmax=0.5)],
+            [_check(rmse=120.0), _check("minimum", fmax=0.5)],
             "hallucinated",
             ["force_error", "relaxes_away"],
         ),
@@ -166,7 +167,7 @@ CALM_U = [0.10, 0.11, 0.09, 0.12, 0.10] * 4  # all far below the level, 0.204 (s
         # too low (the reference keeps it: no push at the minimum) is a missing one
         (
             CALM_U,
-            [_check(rmse=90.0), _check("minimum", gap=0.5)],
+            [_check(rmse=120.0), _check("minimum", gap=0.5)],
             "missing",
             ["force_error", "energy_gap"],
         ),
@@ -190,15 +191,15 @@ def test_levels_hand_computed():
     doc = screening_verdict(
         ev,
         {300.0: CALM_U[:16] + [0.25] * 4},
-        [_check(rmse=90.0, sigma=0.6, gap=0.5), _check("minimum", fmax=0.5)],
+        [_check(rmse=120.0, sigma=0.8, gap=0.5), _check("minimum", fmax=0.5)],
         DiagnosticsSettings(),
     )
     levels = {e.test: e.threshold for e in doc.evidence}
     u_level = 0.10 + 8.052613 * 0.01 * np.sqrt(4 / 3) * np.sqrt(1.25)
     assert levels["uncertainty"] == pytest.approx(0.10)  # the fraction's threshold
     assert doc.evidence[0].message.startswith(f"uncertainty above {u_level:.3g}")
-    assert levels["force_error"] == pytest.approx(75.0)
-    assert levels["sigma_a"] == pytest.approx(0.45)
+    assert levels["force_error"] == pytest.approx(100.0)
+    assert levels["sigma_a"] == pytest.approx(0.60)
     # two states (the MD frame and the minimum) share alpha: t(0.995, 3) = 5.840909
     errors = 0.064 * np.array([1.0, -1.0, 1.0, -1.0])
     gap_level = 5.840909 * errors.std(ddof=1) * np.sqrt(1.25)

@@ -231,10 +231,11 @@ def test_compare_with_reference_counts_events_on_both_trajectories():
 
 def test_checked_frames_are_judged_against_the_thermal_errors_along_the_reference():
     # The test set is harmonic samples (errors ~50 meV/Å); thermal frames carry larger
-    # errors (~70 along the reference MD). A checked MLIP-MD frame at 80 is thermal, not new.
+    # errors (~70 along the reference MD). A checked MLIP-MD frame at 110 is above twice the
+    # test mean (100) but not twice the mean of test and thermal frames together (117).
     check = FrameCheck(
         kind="md", temperature=300.0, step=300, energy_gap_meV_per_atom=0.0,
-        energy_gap_eV=0.0, force_rmse_meV_per_A=80.0, max_reference_force=1.0,
+        energy_gap_eV=0.0, force_rmse_meV_per_A=110.0, max_reference_force=1.0,
     )  # fmt: skip
     settings = DiagnosticsSettings()
     alone = screening_verdict(_evaluation(), {300.0: [0.1] * 60}, [check], settings)
