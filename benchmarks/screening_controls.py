@@ -43,10 +43,15 @@ def _output(store: Any, name: str) -> Any:
 def _walltimes(log: Path) -> dict[str, float]:
     """Minutes each material took, from the campaign's log (start to the next start)."""
     marks: list[tuple[str, float]] = []
+    hours = 0.0  # the log's clock is mm:ss and wraps after an hour
     for line in log.read_text().splitlines() if log.exists() else []:
         m = re.match(r"(\d+):(\d+) (starting (\S+) in)?", line)
         if m:
-            marks.append((m.group(4) or "", int(m.group(1)) + int(m.group(2)) / 60))
+            t = int(m.group(1)) + int(m.group(2)) / 60 + hours
+            if marks and t < marks[-1][1] - 30:
+                hours += 60
+                t += 60
+            marks.append((m.group(4) or "", t))
     starts = [(i, name) for i, (name, _) in enumerate(marks) if name]
     out = {}
     for k, (i, name) in enumerate(starts):
