@@ -258,3 +258,20 @@ def test_trainer_startup_times_both_start_methods(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "run 0 forkserver" in out and "run 0 subprocess" in out
     assert "fresh / forked: wall time" in out
+
+
+def test_screening_benchmarks_measure_what_they_say(tmp_path):
+    from active_mlip.makers.screening_calibration import synthetic_screenings
+    from benchmarks.screening_chance_flags import review_rules
+    from benchmarks.screening_controls import _walltimes
+
+    # the review's rules fire on a screening whose uncertainties all sit far above the test set
+    ev, md_u, checks, _ = next(synthetic_screenings(16, 1, seed=0))
+    assert "uncertainty" in review_rules(ev, {300.0: [10.0] * 60}, checks)
+    # a campaign log's mm:ss clock wraps after an hour
+    log = tmp_path / "run.log"
+    log.write_text(
+        "00:00 starting A in /x/A\n50:00 starting B in /x/B\n05:00 ▶ B screening\n"
+        "20:00 starting C in /x/C\n25:30 done\n"
+    )
+    assert _walltimes(log) == pytest.approx({"A": 50.0, "B": 30.0, "C": 5.5})
