@@ -20,18 +20,9 @@ import numpy as np
 
 from active_mlip.makers.diagnostics import DiagnosticsSettings, FrameCheck, screening_verdict
 from active_mlip.makers.evaluation import EvaluationDocument
-from active_mlip.makers.screening_calibration import synthetic_screenings
+from active_mlip.makers.screening_calibration import CHECKS, synthetic_screenings
 
-TESTS = (
-    "uncertainty",
-    "force_error",
-    "sigma_a",
-    "energy_gap",
-    "relaxes_away",
-    "reference_force_error",
-    "event_rate",
-    "sigma_a_trajectory",
-)
+TESTS = CHECKS
 
 
 def review_rules(

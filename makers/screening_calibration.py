@@ -19,6 +19,18 @@ from active_mlip.makers.evaluation import EvaluationDocument
 from active_mlip.makers.reference_md import ReferenceComparison
 from active_mlip.makers.selection import ReferenceStatistics
 
+#: Every check of :func:`screening_verdict`, by its evidence's ``test`` name.
+CHECKS = (
+    "uncertainty",
+    "force_error",
+    "sigma_a",
+    "energy_gap",
+    "relaxes_away",
+    "reference_force_error",
+    "event_rate",
+    "sigma_a_trajectory",
+)
+
 
 def synthetic_screenings(
     n_test: int,
@@ -149,17 +161,7 @@ def chance_flag_rate(
         (``uncertainty``, ``force_error``, ``sigma_a``, ``energy_gap``, ``relaxes_away``,
         ``reference_force_error``, ``event_rate``, ``sigma_a_trajectory``).
     """
-    tests = (
-        "uncertainty",
-        "force_error",
-        "sigma_a",
-        "energy_gap",
-        "relaxes_away",
-        "reference_force_error",
-        "event_rate",
-        "sigma_a_trajectory",
-    )
-    counts = dict.fromkeys(("any", *tests), 0)
+    counts = dict.fromkeys(("any", *CHECKS), 0)
     for evaluation, md_u, checks, references in synthetic_screenings(n_test, n_trials, seed, **kw):
         doc = screening_verdict(evaluation, md_u, checks, settings, references=references)
         fired = {e.test for e in doc.evidence}
