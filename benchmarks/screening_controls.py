@@ -8,7 +8,9 @@ how a change of the rules changes the verdicts of the same runs.
 
     python benchmarks/screening_controls.py --workdir runs/controls --run \\
         --materials MgO,NaCl,KCl,GaAs,CuI,AgGaSe2
-    python benchmarks/screening_controls.py --workdir runs/controls --rejudge
+    python benchmarks/screening_controls.py --workdir runs/controls runs/more --rejudge
+
+The campaign's output goes to ``<workdir>.log`` (appended), where the wall times are read.
 """
 
 from __future__ import annotations
@@ -85,37 +87,49 @@ def rejudge(store: Any, material: str, settings: ActiveLearningSettings) -> Scre
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument(
+        "--workdir", type=Path, required=True, nargs="+",
+        help="campaign work directories; with several, the table covers them all",
+    )  # fmt: skip
     parser.add_argument("--materials", default=None, help="comma-separated (with --run)")
     parser.add_argument("--run", action="store_true", help="run the campaign first")
     parser.add_argument("--rejudge", action="store_true", help="recompute the verdicts")
     parser.add_argument("--preset", default="quick")
     args = parser.parse_args()
-    log = args.workdir.with_suffix(".log")
-    if args.run:
-        cmd = [
-            str(Path(sys.executable).with_name("active-mlip")), "run",
-            "--campaign", "screening-112",
-            "--materials", args.materials, "--preset", args.preset, "--max-iterations", "1",
-            "--workdir", str(args.workdir),
-        ]  # fmt: skip
-        with log.open("w") as fh:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
-    store = make_job_store(StoreSettings(local_path=args.workdir / "store"))
-    store.connect()
+    if args.run and len(args.workdir) != 1:
+        parser.error("--run takes one --workdir")
     settings = ActiveLearningSettings.from_preset(args.preset, loop={"max_iterations": 1})
     settings = settings.model_copy(
         update={"screening": settings.screening.model_copy(update={"enabled": True})}
     )
+    print("| material | verdict | evidence | events ref / MLIP | σ^A ref / MLIP (expected) | min |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for workdir in args.workdir:
+        log = workdir.with_suffix(".log")
+        if args.run:
+            cmd = [
+                str(Path(sys.executable).with_name("active-mlip")), "run",
+                "--campaign", "screening-112",
+                "--materials", args.materials, "--preset", args.preset,
+                "--max-iterations", "1", "--workdir", str(workdir),
+            ]  # fmt: skip
+            # appended: an earlier run's wall times stay readable
+            with log.open("a") as fh:
+                subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, check=False)
+        _table(workdir, log, settings, args.rejudge)
+
+
+def _table(workdir: Path, log: Path, settings: ActiveLearningSettings, again: bool) -> None:
+    """Print the rows of one campaign work directory."""
+    store = make_job_store(StoreSettings(local_path=workdir / "store"))
+    store.connect()
     minutes = _walltimes(log)
     names = [
         d["name"].removesuffix(" screening verdict")
         for d in store.docs_store.query({"name": {"$regex": " screening verdict$"}})
     ]
-    print("| material | verdict | evidence | events ref / MLIP | σ^A ref / MLIP (expected) | min |")
-    print("| --- | --- | --- | --- | --- | --- |")
     for name in dict.fromkeys(names):
-        if args.rejudge:
+        if again:
             doc = rejudge(store, name, settings)
         else:
             doc = as_model(_output(store, f"{name} screening verdict"), ScreeningDocument)
@@ -126,7 +140,10 @@ def main() -> None:
             for r in refs
             if r.sigma_a_reference and r.sigma_a_mlip
         )
-        evidence = "; ".join(e.message for e in doc.evidence) or "—"
+        evidence = (
+            "; ".join(("*supporting:* " if e.supporting else "") + e.message for e in doc.evidence)
+            or "—"
+        )
         wall = f"{minutes[name]:.1f}" if name in minutes else "—"
         print(f"| {name} | **{doc.verdict}** | {evidence} | {events} | {sig or '—'} | {wall} |")
 

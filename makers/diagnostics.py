@@ -15,9 +15,10 @@ hallucinated
     the MLIP-MD has significantly more off-site events than the reference, or its σ^A
     (with the ensemble's forces) lies far above the reference's.
 
-The checks on the MLIP-MD itself support these and stand alone where no reference MD
-can run (a DFT labeller): the reference labels a few MD frames, the MLIP-relaxed end
-states and the ground state R0;
+The checks on the MLIP-MD frames (``MLIP_MD_CHECKS``) decide only where no reference MD
+can run (a DFT labeller); beside a reference MD they are supporting evidence, reported
+but not deciding. The reference labels a few MD frames, the MLIP-relaxed end states and
+the ground state R0 (these energy and force checks always decide);
 
 missing
     along the trajectory more than ``spike_fraction`` of the scored frames have an
@@ -68,6 +69,9 @@ from active_mlip.makers.selection import (
 logger = logging.getLogger(__name__)
 
 Verdict = Literal["ok", "missing", "hallucinated"]
+
+#: Checks on the MLIP-MD frames alone: decisive only where no reference MD ran.
+MLIP_MD_CHECKS = frozenset({"uncertainty", "force_error", "sigma_a"})
 
 
 class DiagnosticsSettings(Document):
@@ -191,6 +195,11 @@ class Evidence(Document):
     message: str
     value: float
     threshold: float
+    supporting: bool = Field(
+        False,
+        description="Supporting evidence only: a check on the MLIP-MD alone where a "
+        "reference MD ran beside it. It is reported but does not decide the verdict.",
+    )
 
 
 class ScreeningDocument(Document):
@@ -220,9 +229,10 @@ class ScreeningDocument(Document):
     @property
     def summary(self) -> str:
         """One line: verdict and the first pieces of evidence."""
-        if not self.evidence:
+        decisive = [e.message for e in self.evidence if not e.supporting]
+        if not decisive:
             return f"{self.verdict}: no spike, no energy gap, reference at rest at MLIP minima"
-        return f"{self.verdict}: " + "; ".join(e.message for e in self.evidence[:3])
+        return f"{self.verdict}: " + "; ".join(decisive[:3])
 
 
 # ---------------------------------------------------------------------------------------
@@ -503,7 +513,19 @@ def screening_verdict(
             )
         )
 
-    flags = sorted({e.flag for e in evidence}, key=["missing", "hallucinated"].index)
+    if references:
+        # The reference MD answers what the MLIP-MD checks only suggest: where it ran,
+        # a spike on MLIP-MD frames supports a 'missing' flag but does not raise one
+        # (a harmonic control's checked frame at 2.75x the baseline mean, with flat
+        # errors along the reference, no event and σ^A as expected, was a false flag).
+        evidence = [
+            e.model_copy(update={"supporting": True}) if e.test in MLIP_MD_CHECKS else e
+            for e in evidence
+        ]
+        evidence.sort(key=lambda e: e.supporting)
+    flags = sorted(
+        {e.flag for e in evidence if not e.supporting}, key=["missing", "hallucinated"].index
+    )
     verdict = verdict_from(evidence)
     return ScreeningDocument(
         material=material,
@@ -528,8 +550,9 @@ def verdict_from(evidence: list[Evidence]) -> Verdict:
     too low that the reference keeps (it does not relax away, has no surplus events), which
     is what a genuine state absent from the training data looks like (CuI's off-site Cu).
     """
-    tests = {e.test for e in evidence if e.flag == "hallucinated"}
-    missing = any(e.flag == "missing" for e in evidence)
+    decisive = [e for e in evidence if not e.supporting]
+    tests = {e.test for e in decisive if e.flag == "hallucinated"}
+    missing = any(e.flag == "missing" for e in decisive)
     if tests - {"energy_gap"} or (tests and not missing):
         return "hallucinated"
     return "missing" if missing else "ok"

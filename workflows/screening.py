@@ -252,7 +252,7 @@ def screening_gate(
     summary = ScreeningSummary(
         verdict=screening.verdict,
         flags=list(screening.flags),
-        evidence=[e.message for e in screening.evidence],
+        evidence=[("supporting: " if e.supporting else "") + e.message for e in screening.evidence],
         n_labels=screening.n_labels,
         screening_uuid=screening_uuid,
     )

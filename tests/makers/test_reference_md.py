@@ -245,3 +245,34 @@ def test_checked_frames_are_judged_against_the_thermal_errors_along_the_referenc
         _evaluation(), {300.0: [0.1] * 60}, [check], settings, "X", [thermal]
     )
     assert beside.verdict == "ok", beside.summary
+
+
+def test_beside_a_reference_md_the_mlip_md_checks_support_but_do_not_decide():
+    # A checked MLIP-MD frame at 300 meV/Å: far above any baseline (level ~110). Alone it
+    # decides 'missing'; beside a flat reference MD without events it is supporting
+    # evidence only, and the verdict is 'ok'. A reference-MD spike decides again, with
+    # the MLIP-MD frame kept as support behind it.
+    check = FrameCheck(
+        kind="md", temperature=300.0, step=300, energy_gap_meV_per_atom=0.0,
+        energy_gap_eV=0.0, force_rmse_meV_per_A=300.0, max_reference_force=1.0,
+    )  # fmt: skip
+    settings, calm = DiagnosticsSettings(), {300.0: [0.1] * 60}
+    alone = screening_verdict(_evaluation(), calm, [check], settings)
+    assert (alone.verdict, alone.flags) == ("missing", ["missing"])
+    flat = screening_verdict(_evaluation(), calm, [check], settings, "X", [_comparison()])
+    assert (flat.verdict, flat.flags) == ("ok", [])
+    (e,) = flat.evidence
+    assert e.test == "force_error" and e.supporting and e.value == 300.0
+    assert flat.summary.startswith("ok: no spike")
+    spike = _comparison(force_rmse=[50.0] * 40 + [400.0] * 3 + [50.0] * 17)
+    both = screening_verdict(_evaluation(), calm, [check], settings, "X", [spike])
+    assert (both.verdict, both.flags) == ("missing", ["missing"])
+    assert [(e.test, e.supporting) for e in both.evidence] == [
+        ("reference_force_error", False),
+        ("force_error", True),
+    ]
+    # where no reference MD ran, an energy gap at an MLIP minimum decides as before
+    gap = check.model_copy(update={"kind": "minimum", "energy_gap_eV": 0.5})
+    assert screening_verdict(_evaluation(), calm, [gap], settings).verdict == "hallucinated"
+    beside = screening_verdict(_evaluation(), calm, [gap], settings, "X", [_comparison()])
+    assert beside.verdict == "hallucinated"
