@@ -18,7 +18,8 @@ hallucinated
 The checks on the MLIP-MD frames (``MLIP_MD_CHECKS``) decide only where no reference MD
 can run (a DFT labeller); beside a reference MD they are supporting evidence, reported
 but not deciding. The reference labels a few MD frames, the MLIP-relaxed end states and
-the ground state R0 (these energy and force checks always decide);
+the ground state R0 (the energy and force checks at MLIP minima always decide; an
+energy gap at an MLIP-MD frame supports where a reference MD ran);
 
 missing
     along the trajectory more than ``spike_fraction`` of the scored frames have an
@@ -479,8 +480,17 @@ def screening_verdict(
         level = prediction_level(errors, s.alpha, len(states), log=False, min_ratio=0.0)
         gap_thr = max(gap_thr, level)
     high = [c for c in states if c.energy_gap_eV - zero > gap_thr]
-    if high:
-        top = max(high, key=lambda c: c.energy_gap_eV)
+    # Beside a reference MD, a gap at an MLIP-MD frame is an MLIP-MD check like the others
+    # (supporting); a gap at an MLIP minimum -- the state the ensemble believes in -- decides.
+    groups = (
+        [[c for c in high if c.kind == "minimum"], [c for c in high if c.kind != "minimum"]]
+        if references
+        else [high]
+    )
+    for group in groups:
+        if not group:
+            continue
+        top = max(group, key=lambda c: c.energy_gap_eV)
         where = "MLIP minimum" if top.kind == "minimum" else f"MD frame at step {top.step}"
         evidence.append(
             Evidence(
@@ -491,6 +501,7 @@ def screening_verdict(
                 f"ensemble does (level {gap_thr:.2f} eV)",
                 value=top.energy_gap_eV - zero,
                 threshold=gap_thr,
+                supporting=bool(references) and top.kind != "minimum",
             )
         )
     # hallucinated (2): the reference is not at rest where the ensemble relaxed to
@@ -521,7 +532,7 @@ def screening_verdict(
         evidence = [
             e.model_copy(update={"supporting": True}) if e.test in MLIP_MD_CHECKS else e
             for e in evidence
-        ]
+        ]  # (an energy gap at an MLIP-MD frame was marked where it was found)
         evidence.sort(key=lambda e: e.supporting)
     flags = sorted(
         {e.flag for e in evidence if not e.supporting}, key=["missing", "hallucinated"].index

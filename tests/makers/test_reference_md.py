@@ -276,3 +276,24 @@ def test_beside_a_reference_md_the_mlip_md_checks_support_but_do_not_decide():
     assert screening_verdict(_evaluation(), calm, [gap], settings).verdict == "hallucinated"
     beside = screening_verdict(_evaluation(), calm, [gap], settings, "X", [_comparison()])
     assert beside.verdict == "hallucinated"
+
+
+def test_beside_a_reference_md_an_energy_gap_decides_at_an_mlip_minimum_only():
+    md = FrameCheck(
+        kind="md", temperature=300.0, step=200, energy_gap_meV_per_atom=0.0,
+        energy_gap_eV=0.5, force_rmse_meV_per_A=50.0, max_reference_force=0.05,
+    )  # fmt: skip
+    settings, calm, flat = DiagnosticsSettings(), {300.0: [0.1] * 60}, [_comparison()]
+    # without a reference MD the MD frame's 0.5 eV gap decides, as before
+    assert screening_verdict(_evaluation(), calm, [md], settings).verdict == "hallucinated"
+    doc = screening_verdict(_evaluation(), calm, [md], settings, "X", flat)
+    assert doc.verdict == "ok" and [(e.test, e.supporting) for e in doc.evidence] == [
+        ("energy_gap", True)
+    ]
+    minimum = md.model_copy(update={"kind": "minimum", "energy_gap_eV": 0.4})
+    doc = screening_verdict(_evaluation(), calm, [md, minimum], settings, "X", flat)
+    assert doc.verdict == "hallucinated"
+    assert [(e.test, e.supporting, e.value) for e in doc.evidence] == [
+        ("energy_gap", False, 0.4),
+        ("energy_gap", True, 0.5),
+    ]
