@@ -163,3 +163,68 @@ def test_the_shipped_screening_campaign_file_loads():
     assert campaign.name == SCREENING_112 and len(campaign.materials) == 112
     assert settings.screening.enabled and settings.loop.shared_budget.total == 5000
     assert settings.routing.category("labelling") == "cpu"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("aimd_with_well", "verdict"),
+    [(True, "hallucinated"), (False, "missing")],
+    ids=["false-state-learned", "event-never-seen"],
+)
+def test_a_constructed_failure_is_flagged_with_its_events(tmp_path, aimd_with_well, verdict):
+    """The campaign's positive controls by construction (tests/workflows/helpers_constructed).
+
+    The first ensemble learns an "aiMD" of one potential and is screened against the
+    other: trained with the false dense state, its MLIP-MD collapses where the reference
+    does not (hallucinated); trained without it, the reference collapses where the
+    ensemble never looked (missing). Either way the decisive evidence comes from the
+    comparison with the reference MD (measured for the seeds 5, 17 and 101 as well, see
+    docs/screening.md).
+    """
+    from ase.calculators.lj import LennardJones
+    from ase.io import write
+
+    from tests.workflows.helpers_constructed import (
+        LJ,
+        WELL,
+        PairWellLJ,
+        lj_crystal,
+        write_aimd,
+    )
+
+    write(tmp_path / "LJ.extxyz", lj_crystal(), format="extxyz")
+    plain = {"kind": "ase", "calculator": "ase.calculators.lj.LennardJones", "kwargs": LJ}
+    well = {
+        "kind": "ase",
+        "calculator": "tests.workflows.helpers_constructed.PairWellLJ",
+        "kwargs": WELL,
+    }
+    aimd_calc = PairWellLJ(**WELL) if aimd_with_well else LennardJones(**LJ)
+    write_aimd(tmp_path / "aimd.extxyz", aimd_calc, 28)
+    campaign = {
+        "name": "constructed",
+        "materials": [{"name": "LJ", "structure": "LJ.extxyz"}],
+        "temperatures": [600],
+        "preset": "tiny",
+        "labeller": {**(plain if aimd_with_well else well), "elements": ["Ar"]},
+        "settings": {
+            "loop": {"initial": "trajectory", "trajectory": "aimd.extxyz", "max_iterations": 1},
+            "screening": {"enabled": True},
+        },
+    }
+    (tmp_path / "c.yaml").write_text(json.dumps(campaign))  # JSON is YAML
+    out = CliRunner().invoke(
+        app,
+        ["run", "--campaign", str(tmp_path / "c.yaml"), "--workdir", str(tmp_path / "w")],
+        env={"COLUMNS": "200"},
+    )
+    assert out.exit_code == 0, out.output
+    (lj,) = json.loads((tmp_path / "w" / "campaign.json").read_text())["outcomes"]
+    assert lj["verdict"] == verdict, lj["evidence"]
+    decisive = [e for e in lj["evidence"] if not e.startswith("supporting:")]
+    # decided beside the reference MD: event counts, trajectory σ^A or the force error
+    # along the reference (which of them fires depends on how the collapse goes)
+    beside = ("off-site events", "σ^A of the MLIP-MD", "along the reference MD")
+    assert any(b in e for e in decisive for b in beside), decisive
+    if aimd_with_well:  # the ensemble's own dense state: the reference relaxes away from it
+        assert any("relaxes away" in e for e in decisive), decisive
