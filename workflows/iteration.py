@@ -45,7 +45,7 @@ from active_mlip.workflows.jobs import (
     shared_budget_stop,
     top_up,
 )
-from active_mlip.workflows.routing import route, tag
+from active_mlip.workflows.routing import replacement, route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     Candidates,
@@ -300,7 +300,7 @@ def decide(
         # Screen the first ensemble; the gate then stops ('ok') or continues the loop.
         screen = screening.make(state, refs, iteration)
         route(screen, settings.routing)
-        return Response(replace=screen)
+        return Response(replace=replacement(screen))
     stop = policy.stopping_reason(state, settings)
     if stop is None and (why := shared_budget_stop(settings.loop.shared_budget)) is not None:
         stop = (False, why)  # nothing to label with: exploring and retraining would be waste
@@ -316,7 +316,7 @@ def decide(
         )
     next_flow = iteration.make(state, refs)
     route(next_flow, settings.routing)
-    return Response(replace=next_flow)
+    return Response(replace=replacement(next_flow))
 
 
 @job(data=DATA_FIELDS)
@@ -426,4 +426,4 @@ def proceed(
     jobs += iteration.train_evaluate_decide(new_state, i + 1, inputs, refs)
     flow = Flow(jobs, output=jobs[-1].output, name=f"{material} iteration {i + 1} training")
     route(flow, settings.routing)
-    return Response(replace=flow)
+    return Response(replace=replacement(flow))

@@ -29,6 +29,7 @@ from active_mlip.makers.training import assign_subsets
 from active_mlip.stores import budget as label_budget
 from active_mlip.stores.cache import ResultCache
 from active_mlip.workflows import policy
+from active_mlip.workflows.routing import replacement
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     CANDIDATE_FIELDS,
@@ -320,12 +321,14 @@ def top_up(
         )
         if not labeller.in_process:
             label = LabelMaker(labeller=labeller).make(chunk)
-            label.name = "label replacements"
+            # named after this job ("CuI it0 top up labels"): the GUI shows where they belong
+            here = CURRENT_JOB.job.name if CURRENT_JOB.job is not None else "top up labels"
+            label.name = f"{here}: replacements"
             nxt = top_up(
                 [combined, label.output], reserve, n_wanted, labeller, shared=shared, key=key
             )
-            nxt.name = "top up labels"
-            return Response(replace=Flow([label, nxt], output=nxt.output, name="top up"))
+            nxt.name = here
+            return Response(replace=replacement(Flow([label, nxt], output=nxt.output, name=here)))
         extra = label_in_process(chunk, labeller, cache)
         n_requested_here += extra.n_requested
         n_reused_here += extra.n_reused

@@ -29,7 +29,7 @@ from active_mlip.workflows import policy
 from active_mlip.workflows.iteration import IterationMaker, decoded, light
 from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
 from active_mlip.workflows.materials import load_screening_set
-from active_mlip.workflows.routing import route, tag
+from active_mlip.workflows.routing import replacement, route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     FrameSet,
@@ -285,4 +285,4 @@ def screening_gate(
     logger.info("%s flagged (%s): active learning follows", state.material, screening.summary)
     next_flow = iteration.make(state, refs)
     route(next_flow, settings.routing)
-    return Response(replace=next_flow)
+    return Response(replace=replacement(next_flow))

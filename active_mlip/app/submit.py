@@ -76,6 +76,8 @@ def to_workflow(
 ) -> Workflow:
     """Convert ``flow`` to a FireWorks workflow tagged with campaign, material, fingerprint.
 
+    The workflow is named ``"[campaign] material ..."``.
+
     The tags also go into every job's metadata (and so every Firework's spec), including
     jobs the flow creates while it runs. The jobs jobflow inserts when a controller
     replaces itself are routed with ``routing``'s glue category.
@@ -85,10 +87,12 @@ def to_workflow(
 
     route_output_jobs(flow, routing or RoutingTable())
     flow.update_metadata({"campaign": campaign, "material": material}, dynamic=True)
+    title = flow.name if material in flow.name else f"{material} {flow.name}"
     return flow_to_workflow(
         flow,
         store=store if store is not None else EnvJobStore(),
-        name=f"{flow.name} [{campaign}]" if material in flow.name else f"{material} {flow.name}",
+        # campaign first: lists and the GUI cut long names off at the end
+        name=f"[{campaign}] {title}",
         metadata={
             "campaign": campaign,
             "material": material,

@@ -64,6 +64,24 @@ def test_webgui_wsgi_requires_auth(db_env, monkeypatch):
     spec.loader.exec_module(module)
     client = module.app.test_client()
     assert client.get("/").status_code == 401
+    assert client.get("/static/css/bootstrap.css").status_code == 401  # every URL
     auth = {"Authorization": "Basic " + base64.b64encode(b"ann:pw").decode()}
     page = client.get("/", headers=auth)
-    assert page.status_code == 200 and "CuI active learning [wsgi]" in page.text
+    assert page.status_code == 200 and "[wsgi] CuI active learning" in page.text
+    # the workflow page loads the local jQuery (offline), which is served
+    fw_id = load_launchpad().get_fw_ids()[0]
+    wf = client.get(f"/wf/{fw_id}", headers=auth).text
+    assert "code.jquery.com" not in wf and 'src="/_active_mlip/jquery-3.7.1.min.js"' in wf
+    js = client.get("/_active_mlip/jquery-3.7.1.min.js", headers=auth)
+    assert js.status_code == 200 and js.data.startswith(b"/*! jQuery v3.7.1")
+
+
+def test_webgui_image_fetches_the_packaged_jquery():
+    """The image downloads jQuery by hash: the same file as the package's copy."""
+    import hashlib
+
+    packaged = REPO / "active_mlip" / "app" / "webgui_static" / "jquery-3.7.1.min.js"
+    digest = hashlib.sha256(packaged.read_bytes()).hexdigest()
+    dockerfile = (DEPLOY / "webgui" / "Dockerfile").read_text()
+    assert digest in dockerfile and "jquery-3.7.1.min.js" in dockerfile
+    assert "(MIT License)" in (packaged.parent / "LICENSE-jquery.txt").read_text()

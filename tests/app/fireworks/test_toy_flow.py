@@ -179,7 +179,7 @@ def test_webgui_serves_the_workflow_list(workers, tmp_path, db_env):
         assert get(False)[0] == 401  # behind authentication
         status, html = get(True)
         assert status == 200
-        assert "AgGaSe2 active learning [gui]" in html
+        assert "[gui] AgGaSe2 active learning" in html
     finally:
         stop(proc)
     bad = subprocess.run(
