@@ -155,9 +155,8 @@ class _InProcessLabeller(_LabellerBase):
     def isolated_atom_energies(self, elements: list[str]) -> dict[str, float]:
         """Energy (eV) of each element as a single atom in a 20 Å periodic cubic box.
 
-        Used to set MACE's E0s. For CHGNet the graph of a lone atom has no edges, so
-        CHGNet prints a warning about isolated atoms and returns its per-element
-        reference energy (composition model); that is the intended value.
+        Used to set MACE's E0s (for CHGNet: its per-element reference energy, see
+        :meth:`CHGNetLabeller.isolated_atom_energies`).
 
         Raises
         ------
@@ -177,7 +176,7 @@ class _InProcessLabeller(_LabellerBase):
             atoms = Atoms(
                 el, positions=[[half, half, half]], cell=[ISOLATED_ATOM_BOX] * 3, pbc=True
             )
-            # CHGNet prints a warning for every lone atom; it is expected here.
+            # calculators may print about the lone atom; it is expected here
             with contextlib.redirect_stdout(io.StringIO()):
                 out[el] = float(self.label_frame(Frame.from_atoms(atoms)).energy)
         return out
@@ -241,6 +240,23 @@ class CHGNetLabeller(_InProcessLabeller):
 
     def get_calculator(self) -> Calculator:
         return _chgnet_calculator(self.model_name, self.device)
+
+    def isolated_atom_energies(self, elements: list[str]) -> dict[str, float]:
+        """Energy (eV) of each element as a lone atom in a 20 Å periodic cubic box.
+
+        A lone atom has no neighbour within CHGNet's cutoff, for which CHGNet prints
+        "isolated atom(s) ... CHGNet calculation will likely go wrong" to stderr. Here
+        the lone atom is the point: its energy is CHGNet's per-element reference
+        (composition model), the E0 MACE needs. So the graph converter ignores isolated
+        atoms during these calls only; a labelled frame with one still warns.
+        """
+        converter = self.get_calculator().model.graph_converter
+        previous = converter.on_isolated_atoms
+        converter.set_isolated_atom_response("ignore")
+        try:
+            return super().isolated_atom_energies(elements)
+        finally:
+            converter.set_isolated_atom_response(previous)
 
 
 def _import_object(path: str) -> Any:

@@ -16,6 +16,7 @@ import pytest
 from jobflow import Flow, JobStore, job, run_locally
 from maggma.stores import MemoryStore
 
+from benchmarks.co_tenants import slowdowns
 from benchmarks.orchestration_overhead import JobTimer, kind_of, split_times
 from benchmarks.training_cost import (
     LEVEL,
@@ -275,3 +276,14 @@ def test_screening_benchmarks_measure_what_they_say(tmp_path):
         "20:00 starting C in /x/C\n25:30 done\n"
     )
     assert _walltimes(log) == pytest.approx({"A": 50.0, "B": 30.0, "C": 5.5})
+
+
+def test_co_tenant_slowdowns_are_median_time_over_alone():
+    rounds = [
+        {0: [30.0], 1: [60.0, 66.0], 2: [100.0, 110.0, 120.0]},
+        {0: [34.0], 1: [64.0, 70.0], 2: [90.0, 95.0, 130.0]},
+    ]
+    ratios = slowdowns(rounds)
+    assert list(ratios) == [1, 2]
+    assert ratios[1] == pytest.approx(65.0 / 32.0)
+    assert ratios[2] == pytest.approx(105.0 / 32.0)

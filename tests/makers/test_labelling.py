@@ -103,11 +103,17 @@ def test_chgnet_forces_and_stress_match_finite_differences():
     assert out.info["labeller"] == ident.settings_hash
 
 
-def test_chgnet_isolated_atom_energies_are_finite_and_distinct():
-    e0 = CHGNetLabeller().isolated_atom_energies(["Cu", "I", "Cu"])
+def test_chgnet_isolated_atom_energies_are_finite_and_distinct(capfd):
+    labeller = CHGNetLabeller()
+    e0 = labeller.isolated_atom_energies(["Cu", "I", "Cu"])
     assert set(e0) == {"Cu", "I"}
     assert all(np.isfinite(v) for v in e0.values())
     assert e0["Cu"] != e0["I"]
+    # the lone atom is intended here: no "will likely go wrong" in the E0s job's log
+    assert "isolated atom" not in capfd.readouterr().err
+    # and frames labelled later still get CHGNet's warning
+    converter = labeller.get_calculator().model.graph_converter
+    assert converter.on_isolated_atoms == "warn"
 
 
 # -- EMT through ASECalculatorLabeller -----------------------------------------------------

@@ -6,6 +6,7 @@ setting must say what it expects.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -104,3 +105,68 @@ def test_unguarded_script_is_not_rerun_in_the_child(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "exit 0 0" in proc.stdout
     assert marker.read_text() == "ran\n"
+
+
+#: A worker-like parent: it trains one member through the real runner and is killed
+#: mid-run by the test.
+_WORKER = (
+    "import sys; from pathlib import Path; "
+    "from active_mlip.makers.training import run_mace_training; "
+    "from active_mlip.workflows.presets import training_preset; "
+    "from tests.makers.helpers_training import E0S, emt_frames; "
+    "f = emt_frames(8); s = training_preset('tiny', max_num_epochs=10000, num_threads=1); "
+    "run_mace_training(f[:6], f[6:], E0S, s, 1, Path(sys.argv[1]), device='cpu')"
+)
+
+
+def _gone(proc) -> bool:
+    import psutil
+
+    try:
+        # a zombie holds no CPU, memory or GPU; whoever adopted it reaps it
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+@pytest.mark.parametrize("mode", ["forkserver", "subprocess"])
+def test_training_dies_with_its_worker(tmp_path, mode):
+    """``kill -9`` of a worker mid-training leaves no descendant running.
+
+    Before, the fork server's training child (re-parented to PID 1) trained on at full
+    CPU, and on a GPU node held the GPU while the rerun trained the same member again.
+    """
+    psutil = pytest.importorskip("psutil")
+    import signal
+    import time
+
+    log = tmp_path / "run" / "mace.log"
+    env = {**os.environ, mace_runner.LAUNCH_ENV: mode, "PYTHONPATH": str(REPO)}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(tmp_path / "run")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and "Started training" in log.read_text(errors="replace")):
+            assert worker.poll() is None, "the worker ended before training started"
+            assert time.monotonic() < deadline, "training did not start within 240 s"
+            time.sleep(0.5)
+        descendants = psutil.Process(worker.pid).children(recursive=True)
+        # the training process itself, and in forkserver mode its server
+        assert len(descendants) >= (2 if mode == "forkserver" else 1), descendants
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not all(_gone(p) for p in descendants) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        alive = [(p.pid, p.name()) for p in descendants if not _gone(p)]
+        assert not alive, f"descendants outlived their worker: {alive}"
+    finally:
+        worker.kill()
+        worker.wait()
+        for p in locals().get("descendants", []):  # so that a failure leaves nothing behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
