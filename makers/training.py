@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from ase.io import write
 from jobflow import Flow, JobConfig, Maker, job
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from active_mlip.core import cpus
 from active_mlip.core.blobs import Blob
 from active_mlip.core.documents import Document
 from active_mlip.core.frames import Frame
@@ -88,7 +88,9 @@ class TrainingSettings(Document):
         "auto", description="'auto' picks cuda when available on the worker."
     )
     num_threads: int | None = Field(
-        None, description="CPU threads per member (OMP_NUM_THREADS); None: inherit / all cores."
+        None,
+        description="CPU threads per member; None: OMP_NUM_THREADS if set, else the CPUs "
+        "this process may use (affinity, cgroup quota, SLURM_CPUS_PER_TASK).",
     )
     # -- MACE architecture ---------------------------------------------------------------
     model: Literal["ScaleShiftMACE", "MACE"] = Field(
@@ -494,9 +496,8 @@ def run_mace_training(
         if not torch.cuda.is_available():
             raise ValueError("device='cuda' was requested but torch sees no CUDA device here")
     args = _mace_args(settings, workdir, seed, device, e0s, parent_model, len(train))
-    threads = (
-        settings.num_threads or int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
-    )
+    # the CPUs this process may use (affinity, cgroup quota, Slurm), not the node's cores
+    threads = cpus.threads_per_process(settings.num_threads)
     log_path = workdir / "mace.log"
     returncode = mace_runner.run_train(args, workdir, log_path, threads)
     model_path = workdir / "member.model"
@@ -532,6 +533,7 @@ def training_failure(
         return f"training diverged: non-finite {', '.join(bad)}"
     if not frames:
         return None
+    mace_runner.quiet_weights_only_warning()  # before the import: e3nn loads on import
     # MACE (and torch) load only in the process that evaluates or trains
     from mace.calculators import MACECalculator
 
@@ -835,4 +837,6 @@ class EnsembleTrainingMaker(Maker):
                 jobs.append(member)
         gather = gather_ensemble([j.output for j in jobs], e0s, settings, reference_frame)
         gather.name = f"{self.name} gather"
+        # bookkeeping, not training: routed with the light jobs, not to a GPU node
+        gather.metadata = {**(gather.metadata or {}), "kind": "glue"}
         return Flow([*jobs, gather], output=gather.output, name=self.name)

@@ -237,7 +237,9 @@ def load_campaign(path: str | Path) -> tuple[Campaign, ActiveLearningSettings]:
     try:
         root = YAML(typ="rt").load(text)
     except YAMLError as exc:
-        raise CampaignError(f"{path}: not valid YAML: {exc}") from exc
+        # ruamel names the text it parsed "<unicode string>": name the file instead
+        where = str(exc).replace('"<unicode string>"', f'"{path}"')
+        raise CampaignError(f"{path}: not valid YAML: {where}") from exc
     if not isinstance(root, dict):
         raise CampaignError(f"{path}:1: a campaign file is a mapping (name:, materials:, ...)")
     data = _plain(root)
@@ -291,6 +293,8 @@ def _located(exc: ValidationError, root: Any, path: Path, prefix: tuple | None) 
             loc = _settings_loc(loc, root)
         where = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"]
+        if err["type"] == "value_error":  # our validators' own words, without pydantic's label
+            msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}"
             parent = _model_for(loc[:-1])

@@ -157,8 +157,14 @@ def write_report(
         plt.close(fig)
         figures.append((name, caption))
 
+    # MaxNLocator: axes that count materials step in whole materials
+    from matplotlib.ticker import MaxNLocator
+
     done = [o for o in outcomes if o.first_mae_forces_meV_per_A is not None]
     flagged = [o for o in outcomes if o.flagged]
+    screened = [o for o in outcomes if o.verdict in ("ok", "missing", "hallucinated")]
+    # With screening, the flagged materials learned; without, every material did.
+    learned = flagged if screened else [o for o in outcomes if len(o.curve) >= 2]
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, key, what, unit in (
@@ -166,42 +172,56 @@ def write_report(
         (axes[1], "forces_meV_per_A", "force", "meV/Å"),
     ):
         first = np.array([getattr(o, f"first_mae_{key}") for o in done], dtype=float)
-        final = np.array([getattr(o, f"final_mae_{key}") for o in done if o.flagged], dtype=float)
+        final = np.array([getattr(o, f"final_mae_{key}") for o in learned], dtype=float)
+        final = final[np.isfinite(final)]
         if first.size:
             bins = np.histogram_bin_edges(np.concatenate([first, final]), bins="auto")
             ax.hist(first, bins=bins, alpha=0.6, label="first ensemble (all)")
             if final.size:
-                ax.hist(final, bins=bins, alpha=0.6, label="final (flagged)")
+                whose = "flagged" if screened else "all"
+                ax.hist(final, bins=bins, alpha=0.6, label=f"final ({whose})")
             ax.legend(fontsize=8)
         ax.set_xlabel(f"test {what} MAE ({unit})")
         ax.set_ylabel("materials")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    final_of = "the flagged ones" if screened else "every material after active learning"
     save(
         fig,
         "mae_histograms.png",
         f"Test-set errors of the first ensemble of {len(done)} materials, and of the final "
-        "ensemble of the flagged ones.",
+        f"ensemble of {final_of}.",
     )
 
-    verdicts = ["ok", "missing", "hallucinated", "not screened", "failed"]
-    counts = [sum(o.verdict == v for o in outcomes) for v in verdicts]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar(verdicts, counts, color=["C2", "C1", "C3", "C7", "k"])
-    ax.set_ylabel("materials")
-    save(fig, "verdicts.png", "Screening verdicts.")
+    if screened:
+        verdicts = ["ok", "missing", "hallucinated", "not screened", "failed"]
+        colours = dict(zip(verdicts, ["C2", "C1", "C3", "C7", "k"], strict=True))
+        shown = [v for v in verdicts if v in verdicts[:3] or any(o.verdict == v for o in outcomes)]
+        counts = [sum(o.verdict == v for o in outcomes) for v in shown]
+        fig, ax = plt.subplots(figsize=(1.3 * len(shown) + 1.5, 3))
+        ax.bar(shown, counts, color=[colours[v] for v in shown])
+        ax.set_ylabel("materials")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        save(fig, "verdicts.png", "Screening verdicts.")
 
-    if flagged:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for o in flagged:
+    if learned:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        legend = len(learned) <= 12  # beyond that, names would hide the curves
+        for o in learned:
             ax.plot(
                 [c["n_train"] for c in o.curve],
                 [c["mae_forces"] for c in o.curve],
-                "o-",
-                label=f"{o.material} ({o.verdict})",
+                "o-" if legend else "-",
+                lw=1.5 if legend else 0.8,
+                alpha=1.0 if legend else 0.5,
+                label=f"{o.material} ({o.verdict})" if screened else o.material,
             )
         ax.set_xlabel("training frames")
         ax.set_ylabel("test force MAE (meV/Å)")
-        ax.legend(fontsize=8)
-        save(fig, "learning_curves.png", "Learning curves of the flagged materials.")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if legend:
+            ax.legend(fontsize=8, ncol=2 if len(learned) > 6 else 1)
+        whose = "flagged materials" if screened else "materials"
+        save(fig, "learning_curves.png", f"Learning curves of the {len(learned)} {whose}.")
 
     (out / "outcomes.json").write_text(json.dumps([o.model_dump() for o in outcomes], indent=2))
     page = out / "report.html"
@@ -232,6 +252,18 @@ def _html(
             f"<td>{o.labels_used}</td><td>{esc(o.stop_reason)}</td></tr>"
         )
     n_flag = sum(o.flagged for o in outcomes)
+    n_screened = sum(o.verdict in ("ok", "missing", "hallucinated") for o in outcomes)
+    n_failed = sum(o.verdict == "failed" for o in outcomes)
+    if n_screened:
+        what = (
+            f"{n_screened} screened: {n_screened - n_flag} judged ok (no active learning), "
+            f"{n_flag} flagged (missing or hallucinated events) went on to active learning"
+        )
+        rest = len(outcomes) - n_screened - n_failed
+        what += f"; {rest} not screened" if rest else ""
+    else:
+        what = "screening was off: every material ran active learning from its first ensemble"
+    what += f"; {n_failed} failed" if n_failed else ""
     spent = ""
     if budget and budget.get("label_budget"):
         spent = (
@@ -251,12 +283,15 @@ tr.failed td:nth-child(2) {{ color: #000; font-weight: bold; }}
 figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 40em; }}
 </style></head><body>
 <h1>Campaign {esc(campaign)}</h1>
-<p>{len(outcomes)} materials; {n_flag} flagged (missing or hallucinated events) went on to
-active learning.</p>{spent}
+<p>{len(outcomes)} materials; {esc(what)}.</p>{spent}
 <table><tr><th>material</th><th>verdict</th><th>evidence</th>
 <th>test force MAE (meV/Å) first → final</th><th>energy MAE (meV/atom)</th>
-<th>labels</th><th>stop reason</th></tr>
+<th>labels used</th><th>stop reason</th></tr>
 {"".join(rows)}</table>
+<p><small>Labels used: reference calculations charged to the label budget (initial
+training and test frames, screening checks, the loop's new labels). The force-constant
+displacements and isolated atoms are not charged; <code>active-mlip status</code> counts
+every reference calculation, these included.</small></p>
 {figs}
 </body></html>
 """

@@ -25,7 +25,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.add_typer(cli_fireworks.app)  # submit, status, report, restart, webgui, launch
+app.add_typer(cli_fireworks.app)  # submit, status, report, restart, cancel, webgui, launch
+
+
+def _bookkeeping(name: str) -> bool:
+    """jobflow's output-mapping job of a replaced job (``store_inputs``, named
+    ``"<job> output"`` by :func:`~active_mlip.workflows.routing.replacement`): not shown."""
+    return name.startswith("store_inputs") or name.endswith(" output")
+
 
 _JOB_RE = re.compile(r"(Starting|Finished) job - (.*) \(([0-9a-f-]+)")
 
@@ -48,12 +55,12 @@ class ProgressHandler(logging.Handler):
             if what == "Starting":
                 self.started[uuid] = time.time()
                 self.status.update(f"[{elapsed}] running [bold]{name}[/bold]")
-                if not console.is_terminal and not name.startswith("store_inputs"):
+                if not console.is_terminal and not _bookkeeping(name):
                     # no live spinner in logs: say what starts, so a log shows where it stopped
                     console.print(f"{elapsed} ▶ {name}")
             else:
                 dt = time.time() - self.started.pop(uuid, time.time())
-                if not name.startswith("store_inputs"):
+                if not _bookkeeping(name):
                     console.print(
                         f"[dim]{elapsed}[/dim] [green]✓[/green] {name} [dim]({dt:.1f} s)[/dim]"
                     )
@@ -137,7 +144,11 @@ def run(
     reference) and only flagged ones continue with active learning; the campaign report
     lands in WORKDIR/report/.
     """
+    from active_mlip.core import cpus
 
+    # thread pools sized from the CPUs this run may use, before torch loads: beside a
+    # co-tenant, the node's full count oversubscribes it (benchmarks/co_tenants.py)
+    cpus.configure_process()
     from pydantic import ValidationError
     from rich.markup import escape  # messages quote lists like [nan], which rich would eat
 

@@ -17,7 +17,6 @@ Just over 500 lines: one page and its plots, in the order a reader sees them.
 from __future__ import annotations
 
 import html
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -482,6 +481,9 @@ def _write_html(
         for name, cap in figures
     )
     verdict = "converged" if result.converged else "not converged"
+    reason = result.stop_reason
+    # the stop reason often starts with the same word: say it once
+    reason = reason.split(":", 1)[1].strip() if reason.startswith(f"{verdict}:") else reason
     plateau = _plateau_line(getattr(result, "stop_details", None) or {})
     page = f"""<!doctype html><html><head><meta charset="utf-8">
 <title>active-mlip: {html.escape(result.material)}</title>
@@ -489,7 +491,7 @@ def _write_html(
 table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
 img{{max-width:100%}}figure{{margin:1em 0}}</style></head><body>
 <h1>{html.escape(result.material)}: active learning report</h1>
-<p><b>{verdict}</b>: {html.escape(result.stop_reason)}.
+<p><b>{verdict}</b>: {html.escape(reason)}.
 Reference labels computed: {result.state.labels_used}
 (labels reused from the result cache are not counted).</p>{plateau}
 <table><tr><th>iteration</th><th>training frames</th><th>selected</th><th>scored</th>
@@ -501,6 +503,5 @@ Reference labels computed: {result.state.labels_used}
 <h2>What each exploration judged its frames against</h2>{_acceptance_table(history)}
 <h2>Selected frames</h2>{_selected_table(selected or [])}
 <h2>Figures</h2>{imgs}
-<p><small>{html.escape(json.dumps({"figures": [f for f, _ in figures]}))}</small></p>
 </body></html>"""
     (out / "report.html").write_text(page)

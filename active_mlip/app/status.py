@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobflow import JobStore
 
-from active_mlip.app.submit import workflow_query
+from active_mlip.app.submit import worker_categories, workflow_query
 
 if TYPE_CHECKING:
     from fireworks import LaunchPad
 
 _IT_RE = re.compile(r"\bit(\d+)\b")
+
+#: How often ``active-mlip launch`` workers ping a running job (FireWorks' default: 1 h).
+PING_INTERVAL_S = 60
+#: A running job without a ping for this long has most likely lost its worker.
+STALE_AFTER_S = 10 * PING_INTERVAL_S
 
 
 def _iteration_of(meta: dict[str, Any], name: str | None) -> int | None:
@@ -23,6 +31,21 @@ def _iteration_of(meta: dict[str, Any], name: str | None) -> int | None:
         return it
     m = _IT_RE.search(name or "")
     return int(m.group(1)) if m else None
+
+
+@dataclass
+class RunningJob:
+    """A RUNNING (or RESERVED) firework and when its worker last said it was alive."""
+
+    fw_id: int
+    name: str
+    host: str | None
+    worker: str | None
+    last_ping_age_s: float | None
+
+    def stale(self, after_s: float = STALE_AFTER_S) -> bool:
+        """No ping for ``after_s`` seconds: its worker is most likely dead."""
+        return self.last_ping_age_s is not None and self.last_ping_age_s > after_s
 
 
 @dataclass
@@ -37,6 +60,7 @@ class MaterialStatus:
     test_force_mae: float | None
     counts: dict[str, int]
     verdict: str | None = None
+    running_jobs: list[RunningJob] = field(default_factory=list)
 
     @property
     def running(self) -> int:
@@ -67,6 +91,7 @@ def campaign_status(
         summaries = _summaries_from_outputs(store, campaign, wfs)
     else:
         summaries = _iterations_from_fireworks(lp, wfs)
+    running = running_jobs(lp, wfs)
     rows = []
     for wf, (iteration, labels, mae, verdict) in zip(wfs, summaries, strict=True):
         counts: dict[str, int] = {}
@@ -82,9 +107,110 @@ def campaign_status(
                 test_force_mae=mae,
                 counts=counts,
                 verdict=verdict,
+                running_jobs=[running[i] for i in wf["nodes"] if i in running],
             )
         )
     return sorted(rows, key=lambda r: (r.campaign, r.material))
+
+
+def _age_s(stamp: Any, now: datetime) -> float | None:
+    """Seconds since a FireWorks time stamp (ISO string or datetime, UTC without zone)."""
+    if isinstance(stamp, str):
+        try:
+            stamp = datetime.fromisoformat(stamp)
+        except ValueError:
+            return None
+    if not isinstance(stamp, datetime):
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return max(0.0, (now - stamp).total_seconds())
+
+
+def running_jobs(
+    lp: LaunchPad, wfs: list[dict[str, Any]], now: datetime | None = None
+) -> dict[int, RunningJob]:
+    """The RUNNING/RESERVED fireworks of ``wfs`` by fw_id, with their last ping's age.
+
+    A worker pings its running launch every :data:`PING_INTERVAL_S` seconds (FireWorks
+    writes the time into the RUNNING entry of the launch's ``state_history``); a launch
+    whose last ping is old has lost its worker (a killed node), and FireWorks still shows
+    it RUNNING until ``restart`` reruns it.
+    """
+    ids = [
+        int(i)
+        for wf in wfs
+        for i, state in (wf.get("fw_states") or {}).items()
+        if state in ("RUNNING", "RESERVED")
+    ]
+    if not ids:
+        return {}
+    now = now or datetime.now(UTC)
+    names = {
+        fw["fw_id"]: fw.get("name", "")
+        for fw in lp.fireworks.find({"fw_id": {"$in": ids}}, {"fw_id": 1, "name": 1})
+    }
+    out = {i: RunningJob(i, names.get(i, ""), None, None, None) for i in ids}
+    projection = {"fw_id": 1, "host": 1, "fworker.name": 1, "state_history": 1}
+    query = {"fw_id": {"$in": ids}, "state": {"$in": ["RUNNING", "RESERVED"]}}
+    for launch in lp.launches.find(query, projection):
+        entries = launch.get("state_history") or []
+        stamps = [e.get("updated_on") or e.get("created_on") for e in entries]
+        ages = [a for a in (_age_s(t, now) for t in stamps) if a is not None]
+        out[launch["fw_id"]] = RunningJob(
+            fw_id=launch["fw_id"],
+            name=names.get(launch["fw_id"], ""),
+            host=launch.get("host"),
+            worker=(launch.get("fworker") or {}).get("name"),
+            last_ping_age_s=min(ages) if ages else None,
+        )
+    return out
+
+
+def summary_line(rows: list[MaterialStatus]) -> str:
+    """Counts of workflow states and screening verdicts, for a long table's foot."""
+    states = Counter(r.state for r in rows)
+    verdicts = Counter(r.verdict or "not yet" for r in rows)
+    stale = sum(j.stale() for r in rows for j in r.running_jobs)
+    line = f"{len(rows)} materials: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items()))
+    line += "; screening: " + ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items()))
+    return line + (f"; {stale} running job(s) without a recent ping" if stale else "")
+
+
+@dataclass
+class UnpulledCategory:
+    """READY fireworks whose category no known worker pulls: they wait forever."""
+
+    category: str
+    n_ready: int
+    example: str
+
+
+def unpulled_ready(
+    lp: LaunchPad, wfs_query: dict[str, Any], worker_files: list[str | Path]
+) -> tuple[list[UnpulledCategory], set[str]]:
+    """READY fireworks no known worker pulls, and the categories the known workers pull.
+
+    Known workers: the FireWorker files given (``submit`` checked the routing against the
+    same) and every worker that has run a launch on this LaunchPad. A worker without a
+    category pulls every firework, so then nothing is reported.
+    """
+    pulled = worker_categories(worker_files) if worker_files else set()
+    for c in lp.launches.distinct("fworker.category"):
+        pulled |= set(c) if isinstance(c, list) else {c or ""}
+    ids = [i for wf in lp.workflows.find(wfs_query, {"nodes": 1}) for i in wf["nodes"]]
+    if not ids or not pulled or pulled & {"", "*"}:
+        return [], pulled
+    ready = lp.fireworks.find(
+        {"fw_id": {"$in": ids}, "state": "READY"}, {"name": 1, "spec._category": 1}
+    )
+    waiting: dict[str, list[str]] = {}
+    for fw in ready:
+        cat = (fw.get("spec") or {}).get("_category")
+        if cat and cat not in pulled:
+            waiting.setdefault(cat, []).append(fw.get("name", ""))
+    found = [UnpulledCategory(c, len(n), n[0]) for c, n in sorted(waiting.items())]
+    return found, pulled
 
 
 _Summary = tuple[int | None, int, float | None, str | None]
@@ -221,6 +347,11 @@ class RestartResult:
 
     lost: list[int] = field(default_factory=list)
     fizzled: list[int] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+
+    def describe(self, ids: list[int]) -> str:
+        """``ids`` with their firework names (material, iteration, stage): one per line."""
+        return "\n".join(f"  {i}: {self.names.get(i, '?')}" for i in ids)
 
 
 def campaign_fw_ids(lp: LaunchPad, campaign: str | None) -> list[int]:
@@ -251,6 +382,10 @@ def restart_campaign(
     _, lost, _ = lp.detect_lostruns(expiration_secs=expiration_secs, query=query, rerun=not dry_run)
     result.lost = sorted(lost)
     result.fizzled = sorted(lp.get_fw_ids({**query, "state": "FIZZLED"}))
+    rerun = result.lost + result.fizzled
+    if rerun:
+        found = lp.fireworks.find({"fw_id": {"$in": rerun}}, {"fw_id": 1, "name": 1})
+        result.names = {fw["fw_id"]: fw.get("name", "") for fw in found}
     if not dry_run:
         for fw_id in result.fizzled:
             lp.rerun_fw(fw_id)

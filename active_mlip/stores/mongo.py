@@ -44,7 +44,10 @@ def check_connection(client: Any, where: str) -> None:
             f"and password in {MONGO_URI_ENV} and authSource (admin for the root user)"
         ) from exc
     except PyMongoError as exc:
-        first = str(exc).split(",")[0].split("Timeout:")[0].strip()
+        # pymongo's message: "host:port: [Errno 111] Connection refused (configured
+        # timeouts: ...), Timeout: ..., Topology Description: ..." -- keep the first reason
+        first = re.sub(r"\s*\(configured timeouts.*", "", str(exc), flags=re.S)
+        first = first.split(", Timeout:")[0].split("Timeout:")[0].strip().rstrip(",")
         raise DatabaseUnreachableError(
             f"cannot reach MongoDB at {where}: {first or type(exc).__name__}. {DEPLOY_HINT}"
         ) from exc

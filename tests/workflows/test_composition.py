@@ -91,3 +91,28 @@ def test_walkers_run_in_one_job_or_one_job_per_temperature():
     a, b = exploration_doc(300.0, 10, [], 1.0), exploration_doc(600.0, 20, [], 1.0)
     batch = ExplorationBatchDocument.model_construct(explorations=[a, b])
     assert flatten_explorations([batch]) == [a, b] == flatten_explorations([a, b])
+
+
+def test_the_ensembles_gather_job_goes_with_the_light_jobs_not_to_a_gpu():
+    from jobflow import job
+
+    from active_mlip.makers.training import EnsembleTrainingMaker
+    from active_mlip.workflows.presets import training_preset
+    from active_mlip.workflows.routing import RoutingTable, route, tag
+
+    @job
+    def pool() -> list:
+        return []
+
+    frames = pool()
+    flow = EnsembleTrainingMaker(settings=training_preset("tiny", n_sub=2, n_seed=1)).make(
+        frames.output, {"Cu": -1.0}
+    )
+    tag(flow, "training")  # as the loop tags its training stage
+    route(flow, RoutingTable(training="gpu", glue="cpu"))
+    categories = {j.name: j.config.manager_config.get("_category") for j in flow.jobs}
+    assert categories == {
+        "train ensemble member 0": "gpu",
+        "train ensemble member 1": "gpu",
+        "train ensemble gather": "cpu",
+    }
