@@ -57,6 +57,7 @@ from pymatgen.io.ase import AseAtomsAdaptor
 from active_mlip.core.documents import Document, as_model, without_mson_keys
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
+from active_mlip.core.replacement import replacement
 from active_mlip.makers.schemas import DATA_FIELDS, LabelFailure, LabelledBatch, LabellerIdentity
 from active_mlip.stores.cache import ResultCache
 
@@ -807,4 +808,4 @@ class LabelMaker(Maker):
         flow = build_dft_flow(frames, self.labeller, cache)
         if isinstance(flow, LabelledBatch):
             return flow
-        return Response(replace=flow)
+        return Response(replace=replacement(flow))

@@ -30,6 +30,7 @@ from jobflow import Flow, Job, JobConfig, Maker, Response, job
 from monty.json import MontyDecoder
 
 from active_mlip.core.documents import as_model
+from active_mlip.core.replacement import replacement
 from active_mlip.makers.evaluation import EvaluationDocument, TestEvaluationMaker
 from active_mlip.makers.exploration import ExplorationMaker
 from active_mlip.makers.labelling import LabelMaker
@@ -45,7 +46,7 @@ from active_mlip.workflows.jobs import (
     shared_budget_stop,
     top_up,
 )
-from active_mlip.workflows.routing import replacement, route, tag
+from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     Candidates,

@@ -21,6 +21,7 @@ from jobflow import CURRENT_JOB, Flow, JobConfig, OutputReference, Response, job
 from active_mlip.core.documents import as_model, without_mson_keys
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
+from active_mlip.core.replacement import replacement
 from active_mlip.makers.exploration import ExplorationBatchDocument, ExplorationDocument
 from active_mlip.makers.labelling import LabelMaker, label_in_process, labeller_from_dict
 from active_mlip.makers.sampling import import_trajectory
@@ -29,7 +30,6 @@ from active_mlip.makers.training import assign_subsets
 from active_mlip.stores import budget as label_budget
 from active_mlip.stores.cache import ResultCache
 from active_mlip.workflows import policy
-from active_mlip.workflows.routing import replacement
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     CANDIDATE_FIELDS,

@@ -9,7 +9,6 @@ jobs) routes its children explicitly and does not pass its own category on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Literal
 
 from jobflow import Flow, Job
@@ -115,40 +114,4 @@ def route_output_jobs(flow: Job | Flow, table: RoutingTable) -> None:
         function_filter=store_inputs,
         attributes="manager_config",
         dynamic=True,
-    )
-
-
-class _ReplacementFlow(Flow):
-    """A flow replacing a running job; it names the output job jobflow adds to it."""
-
-    def add_jobs(self, jobs: Job | Flow | Sequence[Job | Flow]) -> None:
-        super().add_jobs(jobs)
-        # jobflow's prepare_replace adds the job while the replaced one runs
-        from jobflow import CURRENT_JOB
-
-        for j in jobs if isinstance(jobs, list | tuple) else [jobs]:
-            if isinstance(j, Job) and j.name == "store_inputs":
-                replaced = CURRENT_JOB.job.name if CURRENT_JOB.job is not None else self.name
-                j.name = f"{replaced} output"
-
-
-def replacement(flow: Flow) -> Flow:
-    """``flow`` ready for ``Response(replace=...)``, with every firework it brings named.
-
-    jobflow adds to a replacing flow a job named just ``store_inputs`` (it maps the
-    replaced job's output to the flow's), so every iteration showed an unattributed
-    ``store_inputs`` firework in the GUI and in ``lpad``. Returned through this, that job is
-    named after the job it stands for (``"CuI it0 decide output"``).
-
-    The result is ``flow`` itself in all but its class (same uuid, jobs, output).
-    """
-    return _ReplacementFlow(
-        list(flow.jobs),  # their host is this uuid, so they move over unchanged
-        output=flow.output,
-        name=flow.name,
-        order=flow.order,
-        uuid=flow.uuid,
-        hosts=flow.hosts,
-        metadata=flow.metadata,
-        metadata_updates=flow.metadata_updates,
     )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from jobflow import Flow, JobConfig, Maker, Response, job
 
+from active_mlip.core.replacement import replacement
 from active_mlip.makers.diagnostics import ScreeningDocument
 from active_mlip.makers.evaluation import TestEvaluationMaker
 from active_mlip.makers.exploration import ExplorationMaker, ExplorationSettings
@@ -29,7 +30,7 @@ from active_mlip.workflows import policy
 from active_mlip.workflows.iteration import IterationMaker, decoded, light
 from active_mlip.workflows.jobs import draw_shared, link, shared_budget_stop
 from active_mlip.workflows.materials import load_screening_set
-from active_mlip.workflows.routing import replacement, route, tag
+from active_mlip.workflows.routing import route, tag
 from active_mlip.workflows.settings import ActiveLearningSettings
 from active_mlip.workflows.state import (
     FrameSet,

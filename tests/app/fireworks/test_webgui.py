@@ -255,7 +255,7 @@ def _add_one(x: int) -> int:
 
 @job
 def _controller(x: int) -> Response:
-    from active_mlip.workflows.routing import replacement
+    from active_mlip.core.replacement import replacement
 
     nxt = _add_one(x)
     nxt.name = "CuI it1 add"
@@ -277,10 +277,10 @@ def test_replacing_controller_brings_no_bare_store_inputs():
 
 def test_every_replacing_controller_uses_replacement():
     """jobflow names the job it adds ``store_inputs`` unless the flow is wrapped."""
-    sources = sorted((REPO / "workflows").glob("*.py"))
+    sources = sorted((REPO / "workflows").glob("*.py")) + sorted((REPO / "makers").glob("*.py"))
     bare = [
         f"{p.name}: {m.group(0)}"
         for p in sources
         for m in re.finditer(r"return Response\(\s*replace=(?!replacement\()[^\n]*", p.read_text())
     ]
-    assert not bare, "wrap the flow with routing.replacement():\n" + "\n".join(bare)
+    assert not bare, "wrap the flow with core.replacement.replacement():\n" + "\n".join(bare)
