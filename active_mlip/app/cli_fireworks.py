@@ -211,6 +211,11 @@ def status(
     wide = Console(width=max(console.width, 140))
     wide.print(table)
     wide.print(summary_line(rows))
+    wide.print(
+        "[dim]labels: every reference calculation of the material's jobs (the report's "
+        '"labels used" counts those charged to the label budget)[/dim]',
+        soft_wrap=True,
+    )
     jobs = [(r, j) for r in rows for j in r.running_jobs]
     for _, j in jobs:
         age = "never" if j.last_ping_age_s is None else f"{_duration(j.last_ping_age_s)} ago"

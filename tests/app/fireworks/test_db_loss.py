@@ -9,6 +9,7 @@ labels cached before the cut are not computed again, and nothing is half-written
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from collections import Counter
@@ -69,7 +70,9 @@ def test_worker_loses_the_database_mid_job_and_restart_recovers(db_env, tmp_path
         assert len(cached) >= 2
 
         out = CliRunner().invoke(app, ["restart", "cut", "--lost-after", "0"])
-        assert out.exit_code == 0 and "lost runs rerun: [" in out.output, out.output
+        assert out.exit_code == 0 and re.search(r"lost runs rerun .*\n  \d+: CuI ", out.output), (
+            out.output
+        )
         procs += [
             start_worker(w, tmp_path / f"{w.stem}2", tmp_path / f"{w.stem}2.log")
             for w in (cpu, gpu)
