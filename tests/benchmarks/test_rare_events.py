@@ -1,0 +1,100 @@
+"""The rare-events benchmark's measures on hand-made trajectories with known events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from active_mlip.core.frames import Frame
+from active_mlip.makers.reference_md import EventSettings
+from benchmarks.rare_events import (
+    event_atoms,
+    event_force_errors,
+    event_rate,
+    events,
+    rate_ratio,
+    shortest_bond,
+    sigma_a_series,
+    time_split,
+)
+
+CU = Frame.from_atoms(bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2))  # 32 atoms
+R0 = np.asarray(CU.positions)
+
+
+def _trajectory() -> list[np.ndarray]:
+    """10 frames: atom 0 off by 1.3 Å in frames 2-4 (an event), atom 5 off in frame 7
+    only (a flicker), atom 9 off from frame 8 to the end (an event still running)."""
+    frames = [R0.copy() + 0.02 for _ in range(10)]  # a small uniform shift: no event
+    for k in (2, 3, 4):
+        frames[k][0] += [1.3, 0.0, 0.0]
+    frames[7][5] += [0.0, 1.2, 0.0]
+    for k in (8, 9):
+        frames[k][9] += [0.0, 0.0, -1.1]
+    return frames
+
+
+def test_events_are_runs_beyond_a_fraction_of_the_shortest_bond():
+    assert shortest_bond(CU) == pytest.approx(3.6 / np.sqrt(2))  # 2.546 Å: limit 1.018 Å
+    traj = _trajectory()
+    assert sorted(events(traj, CU)) == [(0, 2, 3), (9, 8, 2)]
+    mask = event_atoms(traj, CU)
+    assert mask.shape == (10, 32) and mask.sum() == 3 + 2
+    assert mask[2:5, 0].all() and mask[8:, 9].all() and not mask[:, 5].any()
+    # one logged frame suffices when asked: the flicker counts then
+    assert len(events(traj, CU, EventSettings(min_frames=1))) == 3
+    # 1.1 Å is no event for a limit of 0.45 x 2.546 = 1.146 Å
+    assert sorted(events(traj, CU, EventSettings(distance_fraction=0.45))) == [(0, 2, 3)]
+
+
+def test_event_rates_and_their_ratio():
+    assert event_rate(3, 100) == pytest.approx(0.75)  # 3 events in 100 x 40 fs = 4 ps
+    assert event_rate(3, 100, frame_fs=20.0) == pytest.approx(1.5)
+    assert rate_ratio(0.75, 0.75) == 1.0 and rate_ratio(0.0, 1.5) == 0.0
+    assert rate_ratio(0.0, 0.0) == 1.0 and rate_ratio(0.1, 0.0) == np.inf
+    with pytest.raises(ValueError, match="without frames"):
+        event_rate(1, 0)
+
+
+def test_force_errors_on_event_atoms_and_on_the_rest():
+    ref = [np.zeros((32, 3)) for _ in range(10)]
+    pred = [np.full((32, 3), 0.010) for _ in range(10)]  # 10 meV/Å everywhere
+    mask = event_atoms(_trajectory(), CU)
+    for k in (2, 3, 4):
+        pred[k][0] = [0.3, -0.3, 0.0]  # |err| mean over components: 0.2 eV/Å
+    for k in (8, 9):
+        pred[k][9] = [0.1, 0.1, 0.1]
+    on_events, rest = event_force_errors(pred, ref, mask)
+    assert on_events == pytest.approx((3 * 200.0 + 2 * 100.0) / 5)
+    assert rest == pytest.approx(10.0)
+    none, _ = event_force_errors(pred, ref, np.zeros_like(mask))
+    assert none is None
+
+
+def test_sigma_a_series_in_time_order():
+    fc = np.eye(3 * 32)  # unit force constants: F2 = -u
+    frames = []
+    for k, pos in enumerate(_trajectory()[:3]):
+        u = pos - R0
+        extra = 0.0 if k == 0 else 0.05 * k
+        forces = -u + extra  # harmonic, plus a uniform anharmonic part in frames 1, 2
+        frames.append(Frame(numbers=CU.numbers, positions=pos.tolist(), cell=CU.cell,
+                            pbc=CU.pbc, energy=0.0, forces=forces.tolist()))  # fmt: skip
+    s = sigma_a_series(frames, CU, fc)
+    assert s[0] == pytest.approx(0.0, abs=1e-12)
+    # frame 1: F = -0.02 + 0.05 = 0.03 on every component, F - F2 = 0.05
+    assert s[1] == pytest.approx(0.05 / 0.03)
+    # frame 2: atom 0 is 1.3 Å off in x as well; F - F2 = 0.1 everywhere
+    f2 = -(_trajectory()[2] - R0) + 0.1
+    assert s[2] == pytest.approx(np.sqrt(96 * 0.01 / np.sum(f2**2)))
+
+
+def test_time_split_keeps_the_held_out_part_last_and_apart():
+    train, held = time_split(100, 0.2, gap=5)
+    assert (train, held) == (range(75), range(80, 100))
+    assert time_split(10, 0.25) == (range(8), range(8, 10))  # round(2.5) = 2
+    with pytest.raises(ValueError, match="none for training"):
+        time_split(10, 0.5, gap=5)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        time_split(10, 1.0)
