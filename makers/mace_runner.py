@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing import forkserver, spawn
 from pathlib import Path
 
-from active_mlip.core.cpus import WAIT_POLICY, thread_env
+from active_mlip.core.cpus import thread_env, wait_policy
 from active_mlip.core.environment import MACE_LAUNCH_ENV, environment
 
 #: Modules the fork server imports once; each run starts with them loaded.
@@ -72,8 +72,8 @@ def _start_quietly() -> None:
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
-    # OpenMP reads its wait policy when the server imports torch, not when a run starts
-    added = {k: v for k, v in WAIT_POLICY.items() if not os.environ.get(k)}
+    # OpenMP reads its spin count when the server imports torch, not when a run starts
+    added = wait_policy()
     try:
         os.dup2(null, 1)
         os.dup2(null, 2)

@@ -23,11 +23,22 @@ PROC_CGROUP = Path("/proc/self/cgroup")
 #: Environment variables of the thread pools a child process sizes from its environment
 #: (OpenMP: torch's intra-op pool; MKL and OpenBLAS: numpy's and torch's BLAS).
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-#: OpenMP threads sleep at a barrier instead of spinning there. Spinning burns the CPU
-#: time that co-tenants, and our own other pools, need: one MACE training run (2
-#: threads, 2 cores, a busy process beside it) took 27-29 s with spinning threads,
-#: 8-10 s with passive ones and 8-9 s with one thread.
-WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: OpenMP threads spin only briefly at a barrier before they sleep (libgomp, torch's
+#: OpenMP: 300,000 spins by default). Long spinning burns the CPU time co-tenants and
+#: our own other pools need; not spinning at all (OMP_WAIT_POLICY=PASSIVE) wakes threads
+#: too late between torch's many small parallel regions. `tiny` CuI run, 2 cores,
+#: measured side by side (benchmarks/co_tenants.py, 2026-12-05, quiet): libgomp's
+#: default 25.6-26.4 s alone and >= 5.4x beside one co-tenant; PASSIVE 31.0-32.2 s and
+#: 1.72x; 30,000 spins 26.4-27.0 s and 2.50x; 5,000 spins 27.1-27.4 s and 1.32x.
+WAIT_POLICY = {"GOMP_SPINCOUNT": "5000"}
+#: Variables by which a user chooses OpenMP's waiting: any one set leaves ours out.
+WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def wait_policy(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:data:`WAIT_POLICY`, or nothing where ``environ`` (``os.environ``) sets a policy."""
+    environ = os.environ if environ is None else environ
+    return {} if any(environ.get(k) for k in WAIT_VARS) else dict(WAIT_POLICY)
 
 
 def affinity_cpus(affinity: Iterable[int] | None = None) -> int:
@@ -180,12 +191,12 @@ def threads_per_process(
 def thread_env(threads: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment variables giving a child process's thread pools ``threads`` threads.
 
-    Also :data:`WAIT_POLICY`, unless ``environ`` (default ``os.environ``) sets it: the
-    user's choice wins.
+    Also :data:`WAIT_POLICY`, unless ``environ`` (default ``os.environ``) chooses the
+    waiting itself (:data:`WAIT_VARS`): the user's choice wins.
     """
     environ = os.environ if environ is None else environ
     out = {name: str(int(threads)) for name in THREAD_ENV_VARS}
-    out.update({k: v for k, v in WAIT_POLICY.items() if not environ.get(k)})
+    out.update(wait_policy(environ))
     return out
 
 

@@ -100,15 +100,17 @@ def test_an_explicit_setting_wins():
         cpus.threads_per_process(0)
 
 
-def test_thread_env_sets_every_pool_and_passive_waiting():
+def test_thread_env_sets_every_pool_and_a_short_spin():
     assert cpus.thread_env(3, environ={}) == {
         "OMP_NUM_THREADS": "3",
         "MKL_NUM_THREADS": "3",
         "OPENBLAS_NUM_THREADS": "3",
-        "OMP_WAIT_POLICY": "PASSIVE",
+        "GOMP_SPINCOUNT": "5000",
     }
-    # the user's wait policy is theirs
-    assert "OMP_WAIT_POLICY" not in cpus.thread_env(1, environ={"OMP_WAIT_POLICY": "ACTIVE"})
+    # the user's waiting is theirs, by either variable
+    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "100"}):
+        env = cpus.thread_env(1, environ=user)
+        assert "GOMP_SPINCOUNT" not in env and "OMP_WAIT_POLICY" not in env
 
 
 def test_configure_process_fills_in_what_the_user_left_unset(monkeypatch):
@@ -119,8 +121,9 @@ def test_configure_process_fills_in_what_the_user_left_unset(monkeypatch):
         "OMP_NUM_THREADS": "3",
         "MKL_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "3",
-        "OMP_WAIT_POLICY": "PASSIVE",
+        "GOMP_SPINCOUNT": "5000",
     }
     environ = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"}
     assert cpus.configure_process(environ) == 2
+    assert "GOMP_SPINCOUNT" not in environ
     assert environ["MKL_NUM_THREADS"] == "2" and environ["OMP_WAIT_POLICY"] == "ACTIVE"
