@@ -64,10 +64,16 @@ def lj_crystal() -> Atoms:
 
 
 def write_aimd(
-    path: Path, calc: Calculator, n_frames: int, temperature: float = 600.0, seed: int = 3
+    path: Path,
+    calc: Calculator,
+    n_frames: int,
+    temperature: float = 600.0,
+    seed: int = 3,
+    atoms: Atoms | None = None,
 ) -> Path:
-    """A Langevin "aiMD" of :func:`lj_crystal` with ``calc``, a frame every 40 fs."""
-    atoms = lj_crystal()
+    """A Langevin "aiMD" of ``atoms`` (:func:`lj_crystal`) with ``calc``, a frame every 40 fs,
+    with the energies and forces of ``calc`` (extxyz)."""
+    atoms = lj_crystal() if atoms is None else atoms.copy()
     atoms.calc = calc
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
     md = Langevin(
@@ -83,8 +89,3 @@ def write_aimd(
         images.append(snap)
     write(path, images, format="extxyz")
     return path
-
-
-def short_pairs(atoms: Atoms, cutoff: float = 2.35) -> int:
-    """Pairs closer than ``cutoff`` (Å): the collapsed ones."""
-    return int((neighbor_list("d", atoms, cutoff) < cutoff).sum() // 2)

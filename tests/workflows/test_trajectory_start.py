@@ -8,15 +8,13 @@ import json
 import numpy as np
 import pytest
 from ase.calculators.emt import EMT
-from ase.io import read, write
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from ase.units import fs
+from ase.io import read
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.app.local import run_local
 from active_mlip.workflows.settings import ActiveLearningSettings
+from tests.workflows.helpers_constructed import write_aimd
 
 N_FRAMES = 30
 
@@ -29,19 +27,7 @@ def cu_inputs(tmp_path_factory):
     cif = d / "Cu.cif"
     cell.to(filename=str(cif))
     atoms = AseAtomsAdaptor.get_atoms(Structure.from_file(cif) * (2, 1, 1))
-    atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(1))
-    md = Langevin(atoms, 4 * fs, temperature_K=300, friction=0.02, rng=np.random.default_rng(2))
-    images = []
-    for _ in range(N_FRAMES):
-        md.run(10)
-        snap = atoms.copy()
-        snap.calc = None
-        snap.info["energy"] = atoms.get_potential_energy()
-        snap.arrays["forces"] = atoms.get_forces().copy()
-        images.append(snap)
-    traj = d / "aimd.extxyz"
-    write(traj, images, format="extxyz")
+    traj = write_aimd(d / "aimd.extxyz", EMT(), N_FRAMES, temperature=300, seed=1, atoms=atoms)
     return cif, traj
 
 
