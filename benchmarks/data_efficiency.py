@@ -389,12 +389,14 @@ def random_mlip_md(
     temperatures: list[float],
     scorer: Any,
     target: float,
+    ensembles: list[EnsembleDocument] | None = None,
 ) -> list[dict]:
     """(b): MLIP-MD with the current ensemble, frames drawn at random, no selection.
 
     One MLIP-MD per temperature each round (each continuing from its last frame); the
     frames are drawn uniformly from all their scored frames. Stops at the first round
-    whose ensemble reaches ``target`` (force MAE, meV/Å).
+    whose ensemble reaches ``target`` (force MAE, meV/Å). Each round's ensemble is appended
+    to ``ensembles`` when given.
     """
     from active_mlip.makers.ensemble import EnsembleCalculator
     from active_mlip.makers.exploration import run_exploration
@@ -435,6 +437,8 @@ def random_mlip_md(
         batch = label_in_process(frames, labeller, cache)
         pool = grow(pool, batch.frames, settings, r)
         ensemble = train(store, pool, settings, e0s, ensemble, reference)
+        if ensembles is not None:
+            ensembles.append(ensemble)
         points.append(
             {
                 "labels": len(pool),

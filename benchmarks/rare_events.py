@@ -30,10 +30,13 @@ energies and forces); running it again reuses the file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +46,10 @@ from active_mlip.makers.selection import anharmonicity_score, minimum_image_disp
 
 #: MD of the reference trajectories: the quick preset's step and logging.
 TIMESTEP_FS, LOG_EVERY = 4.0, 10
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def shortest_bond(reference: Frame) -> float:
@@ -194,6 +201,512 @@ def reference_trajectory(workdir: Path, temperature: float, ps: float, seed: int
     return path
 
 
+# -- the strategies (``run``) ------------------------------------------------------------------
+#: Sizes of ``run``. ``small``: 2 members, 32 initial + up to 4 x 8 selected labels, the
+#: aiMD-sequential baseline up to 3x active learning's labels; ``smoke`` checks the script.
+SIZES: dict[str, dict[str, Any]] = {
+    "small": dict(
+        n_sub=2,
+        n_seed=1,
+        n_initial=32,
+        n_test=12,
+        n_new=8,
+        iterations=5,
+        md_steps=800,
+        held_stride=5,
+        rate_frames=75,
+        beyond=(1.5, 2.0, 3.0),
+    ),
+    "full": dict(
+        n_sub=2,
+        n_seed=2,
+        n_initial=32,
+        n_test=16,
+        n_new=12,
+        iterations=8,
+        md_steps=1500,
+        held_stride=2,
+        rate_frames=150,
+        beyond=(1.25, 1.5, 2.0, 2.5, 3.0),
+    ),
+    "smoke": dict(
+        n_sub=2,
+        n_seed=1,
+        n_initial=8,
+        n_test=4,
+        n_new=4,
+        iterations=2,
+        md_steps=60,
+        held_stride=40,
+        rate_frames=6,
+        beyond=(2.0,),
+        epochs=(3, 2),
+    ),
+}
+#: Fractions of each reference trajectory: the last 3/8 are held out, 1 ps before them dropped.
+HELD_OUT_FRACTION, GAP_FRAMES = 0.375, 25
+#: Where the event-rate MLIP-MDs start: fractions of the way into the held-out part.
+RATE_STARTS = (0.0, 0.5)
+
+
+@dataclass
+class Reference:
+    """One cached reference trajectory, split in time, with its events."""
+
+    temperature: float
+    frames: list[Frame]
+    r0: Frame
+    train: range
+    held: range
+    in_event: np.ndarray  # (n_frames, N), events found on the whole trajectory
+
+    @classmethod
+    def load(cls, path: Path, temperature: float, r0: Frame) -> Reference:
+        from active_mlip.core.frames import read_frames
+
+        frames = read_frames(path)
+        train, held = time_split(len(frames), HELD_OUT_FRACTION, GAP_FRAMES)
+        mask = event_atoms([f.positions for f in frames], r0)
+        return cls(temperature, frames, r0, train, held, mask)
+
+    def held_out(self, stride: int) -> tuple[list[Frame], np.ndarray]:
+        """Every ``stride``-th held-out frame and its event mask."""
+        idx = list(self.held)[::stride]
+        return [self.frames[i] for i in idx], self.in_event[idx]
+
+    def new_events(self, first: int, n_frames: int) -> int:
+        """Events that start after frame ``first`` within ``n_frames`` frames from it."""
+        window = [f.positions for f in self.frames[first : first + n_frames]]
+        return sum(1 for _, start, _ in events(window, self.r0) if start > 0)
+
+
+class Sequential:
+    """aiMD-sequential: the first frames of each training part, taken in turn (T1, T2, ...)."""
+
+    def __init__(self, references: Sequence[Reference]):
+        self.parts = [[r.frames[i] for i in r.train] for r in references]
+
+    def first(self, n: int) -> list[Frame]:
+        k = len(self.parts)
+        out = [self.parts[i % k][i // k] for i in range(n)]
+        return [
+            f.model_copy(update={"info": {"source": "reference-md", "index": i}})
+            for i, f in enumerate(out)
+        ]
+
+
+def mlip_md(ensemble: Any, start: Frame, temperature: float, n_frames: int, seed: int) -> dict:
+    """Langevin MLIP-MD with the ensemble mean, the reference MD's step, friction and logging.
+
+    Returns the logged frames (MLIP forces) and whether it blew up (two atoms closer than
+    1 Å: the run stops there).
+    """
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.units import fs
+
+    from active_mlip.makers.ensemble import EnsembleCalculator
+
+    atoms = start.unlabelled().to_atoms()
+    atoms.calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
+    rng = np.random.default_rng(seed)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    Stationary(atoms)
+    md = Langevin(atoms, TIMESTEP_FS * fs, temperature_K=temperature, friction=0.02, rng=rng)
+    frames, blew_up = [], False
+    for _ in range(n_frames):
+        md.run(LOG_EVERY)
+        d = atoms.get_all_distances(mic=True)
+        frames.append(Frame.from_atoms(atoms, source="mlip-md"))
+        if d[np.triu_indices(len(atoms), 1)].min() < 1.0:
+            blew_up = True
+            break
+    return {"frames": frames, "blew_up": blew_up}
+
+
+def event_rate_ratio(
+    ensemble: Any, ref: Reference, n_frames: int, fc: np.ndarray, seed: int
+) -> dict:
+    """MLIP-MD's off-site event rate at ``ref``'s temperature over the reference's.
+
+    MLIP-MDs start from held-out reference frames (:data:`RATE_STARTS`) and run
+    ``n_frames`` logged frames each; events that start after the first frame are counted
+    in them and in the reference over the same windows from the same frames. Also the σ^A
+    of the MLIP-MD frames and of the reference window (the paper's diagnostic).
+    """
+    held = list(ref.held)
+    mlip_events = ref_events = mlip_frames = 0
+    sigma_mlip: list[float] = []
+    sigma_ref: list[float] = []
+    blew_up = False
+    for k, fraction in enumerate(RATE_STARTS):
+        first = held[min(int(fraction * len(held)), len(held) - n_frames)]
+        run = mlip_md(ensemble, ref.frames[first], ref.temperature, n_frames, seed + k)
+        frames = [ref.frames[first], *run["frames"]]
+        mlip_events += sum(1 for _, s, _ in events([f.positions for f in frames], ref.r0) if s > 0)
+        mlip_frames += len(run["frames"])
+        ref_events += ref.new_events(first, n_frames + 1)
+        sigma_mlip += sigma_a_series(run["frames"], ref.r0, fc).tolist()
+        sigma_ref += sigma_a_series(
+            ref.frames[first + 1 : first + 1 + n_frames], ref.r0, fc
+        ).tolist()
+        blew_up |= run["blew_up"]
+    n_ref = n_frames * len(RATE_STARTS)
+    mlip_rate, ref_rate = (
+        event_rate(mlip_events, max(mlip_frames, 1)),
+        event_rate(ref_events, n_ref),
+    )
+    return {
+        "mlip_events": mlip_events,
+        "reference_events": ref_events,
+        "mlip_ps": mlip_frames * TIMESTEP_FS * LOG_EVERY / 1000,
+        "rate_ratio": rate_ratio(mlip_rate, ref_rate),
+        "blew_up": blew_up,
+        "sigma_a_mlip": sigma_mlip,
+        "sigma_a_reference": sigma_ref,
+    }
+
+
+def score_events(ensemble: Any, held: dict[float, tuple[list[Frame], np.ndarray]]) -> dict:
+    """Force MAE (meV/Å) of the ensemble mean on held-out event atoms and the rest, per T."""
+    from active_mlip.makers.ensemble import EnsembleCalculator
+
+    calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
+    out: dict[str, Any] = {}
+    for t, (frames, mask) in held.items():
+        results = calc.evaluate([f.unlabelled().to_atoms() for f in frames], batch_size=8)
+        pred = [r["forces"] for r in results]
+        ref = [np.asarray(f.forces) for f in frames]
+        ev, rest = event_force_errors(pred, ref, mask)
+        out[f"{t:g}K"] = {
+            "event": ev,
+            "rest": rest,
+            "all": float(np.abs(np.asarray(pred) - np.asarray(ref)).mean() * 1000),
+        }
+    # the baselines' early stop reads "mae_forces": never reached (-inf target)
+    out["mae_forces"] = out[f"{next(iter(held)):g}K"]["all"]
+    return out
+
+
+def run_strategies(args: argparse.Namespace) -> dict:
+    """The three strategies at one seed; every point scored, the event rate at the ends."""
+    import data_efficiency as de
+
+    from active_mlip.core.documents import as_model
+    from active_mlip.core.frames import write_extxyz
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
+    from active_mlip.workflows.state import LoopResult
+
+    size = SIZES[args.size]
+    t_start = time.time()
+    workdir = args.workdir / f"seed{args.seed}_{args.size}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    r0 = de.ground_state()
+    refs = [
+        Reference.load(args.references / f"cui_{t:g}K.extxyz", t, r0) for t in args.temperatures
+    ]
+    for r in refs:
+        n_ev = len(events([r.frames[i].positions for i in r.held], r0))
+        print(
+            f"reference {r.temperature:g} K: {len(r.frames)} frames, training part "
+            f"{len(r.train)}, held out {len(r.held)} ({n_ev} events in it)",
+            flush=True,
+        )
+    held = {r.temperature: r.held_out(size["held_stride"]) for r in refs}
+    aimd = Sequential(refs)
+    start_file = workdir / "initial.extxyz"
+    n0, nt = size["n_initial"], size["n_test"]
+    # AL starts from aiMD-sequential's first frames; its test set is the next frames.
+    write_extxyz(aimd.first(n0 + nt), start_file)
+    settings = de.settings_for(size, list(args.temperatures), args.seed, 2.0, start_file)
+    settings = settings.model_copy(
+        update={"loop": settings.loop.model_copy(update={"trajectory_split": "time"})}
+    )
+
+    def scorer(ensemble: Any) -> dict:
+        return score_events(ensemble, held)
+
+    # (a) active learning
+    de.MATERIAL = "CuI"
+    al_points, initial, summary = de.active_learning(workdir / "active_learning", settings)
+    store = make_job_store(StoreSettings(local_path=workdir / "active_learning" / "store"))
+    store.connect()
+    result = None
+    for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+        out = store.get_output(doc["uuid"], load=True)
+        if isinstance(out, dict) and "stop_reason" in out:
+            result = as_model(out, LoopResult)
+    fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
+    e0s = al_points[0]["ensemble"].e0s
+    curves: dict[str, list[dict]] = {
+        "active learning": [
+            {
+                "labels": p["labels"],
+                "events_in_pool": _n_event_frames(p["pool"], r0),
+                **scorer(p["ensemble"]),
+            }
+            for p in al_points
+        ]
+    }
+    n_end = curves["active learning"][-1]["labels"]
+    al_counts = [p["labels"] for p in curves["active learning"]]
+    log(f"active learning: {len(al_points)} ensembles, {n_end} labels")
+    bstore = make_job_store(StoreSettings(local_path=workdir / "baselines_store"))
+    bstore.connect()
+    # (b) aiMD-sequential, to 3x active learning's labels
+    schedule = sorted({*al_counts, *(round(m * n_end) for m in size["beyond"])})
+    curves["aiMD-sequential"], ensembles = _sequential(
+        bstore, settings, schedule, aimd, e0s, r0, scorer
+    )
+    # (c) random MLIP-MD frames, at active learning's label counts
+    random_ensembles = [al_points[0]["ensemble"]]
+    curves["random MLIP-MD"] = de.random_mlip_md(
+        bstore,
+        settings,
+        al_counts,
+        initial,
+        al_points[0]["ensemble"],
+        e0s,
+        r0,
+        list(args.temperatures),
+        scorer,
+        -np.inf,
+        random_ensembles,
+    )
+    # event rate and σ^A at T: the first ensemble, each strategy's last, aiMD at AL's labels
+    rate_at = {
+        "first ensemble": al_points[0]["ensemble"],
+        "active learning": al_points[-1]["ensemble"],
+        "aiMD-sequential at AL's labels": ensembles[n_end],
+        "aiMD-sequential, full budget": ensembles[schedule[-1]],
+        "random MLIP-MD": random_ensembles[-1],
+    }
+    rates = {}
+    for k, (name, ens) in enumerate(rate_at.items()):
+        t0 = time.time()
+        rates[name] = event_rate_ratio(
+            ens, refs[0], size["rate_frames"], fc, 5000 + 10 * k + 1000 * args.seed
+        )
+        rr = rates[name]
+        log(
+            f"event rate, {name}: {rr['mlip_events']} vs {rr['reference_events']} (ratio "
+            f"{rr['rate_ratio']:.2f}{', blew up' if rr['blew_up'] else ''}) "
+            f"({time.time() - t0:.0f} s)"
+        )
+    out = {
+        "seed": args.seed,
+        "size": args.size,
+        "temperatures": list(args.temperatures),
+        "labels_al": n_end,
+        "al_stop": summary["stop_reason"],
+        "al_n_test": summary["n_test"],
+        "curves": curves,
+        "rates": rates,
+        "wall_seconds": time.time() - t_start,
+    }
+    (workdir / "rare_events.json").write_text(json.dumps(out, indent=1))
+    log(f"seed {args.seed}: {workdir / 'rare_events.json'} ({out['wall_seconds']:.0f} s)")
+    return out
+
+
+def _n_event_frames(frames: Sequence[Frame], r0: Frame) -> int:
+    """Frames with an atom farther than the event distance from its site (one frame suffices)."""
+    settings = EventSettings()
+    limit = settings.distance_fraction * shortest_bond(r0)
+    pos0, cell = np.asarray(r0.positions), np.asarray(r0.cell)
+    return sum(
+        1
+        for f in frames
+        if np.linalg.norm(
+            minimum_image_displacements(np.asarray(f.positions), pos0, cell, r0.pbc), axis=1
+        ).max()
+        > limit
+    )
+
+
+def _sequential(store, settings, schedule, aimd, e0s, r0, scorer) -> tuple[list[dict], dict]:
+    """aiMD-sequential's learning curve, and its ensemble at each label count."""
+    import data_efficiency as de
+
+    pool: list[Frame] = []
+    ensemble = None
+    points, ensembles = [], {}
+    for r, n in enumerate(schedule):
+        t0 = time.time()
+        pool = de.grow(pool, aimd.first(n)[len(pool) :], settings, r)
+        ensemble = de.train(store, pool, settings, e0s, ensemble, r0)
+        ensembles[n] = ensemble
+        points.append(
+            {"labels": n, "events_in_pool": _n_event_frames(pool, r0), **scorer(ensemble)}
+        )
+        log(f"aiMD-sequential {n} labels ({time.time() - t0:.0f} s)")
+    return points, ensembles
+
+
+# -- the report (``report``) -----------------------------------------------------------------
+STRATEGIES = ("active learning", "aiMD-sequential", "random MLIP-MD")
+COLOURS = {"active learning": "C0", "aiMD-sequential": "C3", "random MLIP-MD": "C2"}
+#: Event-rate ratio window of the target.
+RATE_WINDOW = (0.75, 1.33)
+
+
+def target_check(run: dict) -> dict:
+    """The issue's target at one seed.
+
+    Active learning must reach the event-frame force error (at T) that aiMD-sequential
+    reaches with its full budget, with at most a third of aiMD-sequential's labels, and
+    its last ensemble's event-rate ratio must lie in :data:`RATE_WINDOW`.
+    """
+    t = f"{run['temperatures'][0]:g}K"
+    aimd = run["curves"]["aiMD-sequential"]
+    goal, budget = aimd[-1][t]["event"], aimd[-1]["labels"]
+    reached = [p["labels"] for p in run["curves"]["active learning"] if p[t]["event"] <= goal]
+    ratio = run["rates"]["active learning"]["rate_ratio"]
+    return {
+        "goal_meV_per_A": goal,
+        "aimd_labels": budget,
+        "al_labels_to_goal": reached[0] if reached else None,
+        "labels_ok": bool(reached) and reached[0] <= budget / 3,
+        "rate_ratio": ratio,
+        "rate_ok": RATE_WINDOW[0] <= ratio <= RATE_WINDOW[1],
+    }
+
+
+def report(paths: list[Path], plot_path: Path) -> None:
+    """Print the table of every seed and draw the three measures against labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [json.loads(p.read_text()) for p in paths]
+    t = f"{runs[0]['temperatures'][0]:g}K"
+    hot = [f"{x:g}K" for x in runs[0]["temperatures"][1:]]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=90)
+    markers = "os^Dv"
+    for k, run in enumerate(runs):
+        m = markers[k % len(markers)]
+        for name in STRATEGIES:
+            c = run["curves"][name]
+            x = [p["labels"] for p in c]
+            lab = f"{name}" if k == 0 else None
+            kw = dict(color=COLOURS[name], marker=m, ms=4, lw=1, alpha=0.8)
+            axes[0, 0].plot(x, [p[t]["event"] for p in c], label=lab, **kw)
+            axes[0, 1].plot(x, [p[t]["rest"] for p in c], label=lab, **kw)
+            for h in hot:
+                axes[0, 0].plot(x, [p[h]["event"] for p in c], ls=":", **kw)
+        rates = run["rates"]
+        at = {
+            "first ensemble": run["curves"]["active learning"][0]["labels"],
+            "active learning": run["labels_al"],
+            "aiMD-sequential at AL's labels": run["labels_al"],
+            "aiMD-sequential, full budget": run["curves"]["aiMD-sequential"][-1]["labels"],
+            "random MLIP-MD": run["curves"]["random MLIP-MD"][-1]["labels"],
+        }
+        for name, r in rates.items():
+            colour = (
+                "grey" if name == "first ensemble" else COLOURS[name.split(" at")[0].split(",")[0]]
+            )
+            y = max(r["rate_ratio"], 0.02)
+            axes[1, 0].scatter(at[name], y, color=colour, marker=m, s=30, zorder=3)
+        if k == 0:
+            ref_sigma = rates["active learning"]["sigma_a_reference"]
+            every = [v for r in rates.values() for v in r["sigma_a_mlip"]] + ref_sigma
+            bins = np.linspace(0, float(np.percentile(every, 98)), 40)
+            axes[1, 1].hist(
+                ref_sigma,
+                bins=bins,
+                histtype="step",
+                color="k",
+                label="reference MD (CHGNet)",
+                density=True,
+            )
+            for name, colour in (
+                ("first ensemble", "grey"),
+                ("active learning", COLOURS["active learning"]),
+                ("aiMD-sequential, full budget", COLOURS["aiMD-sequential"]),
+            ):
+                axes[1, 1].hist(
+                    rates[name]["sigma_a_mlip"],
+                    bins=bins,
+                    histtype="step",
+                    color=colour,
+                    label=f"MLIP-MD: {name}",
+                    density=True,
+                )
+    axes[0, 0].set_title(
+        f"force MAE on atoms in an off-site event (held out; dotted: {', '.join(hot)})"
+    )
+    axes[0, 1].set_title(f"force MAE on the other atoms (held out, {t})")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks = sorted({p["labels"] for r in runs for c in r["curves"].values() for p in c})
+    for ax in (*axes[0], axes[1, 0]):
+        ax.set_xscale("log")
+        ax.set_xticks(ticks if len(ticks) <= 10 else ticks[:: len(ticks) // 8 + 1])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    for ax in axes[0]:
+        ax.set_xlabel("training labels")
+        ax.set_ylabel("meV/Å")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    axes[1, 0].axhspan(*RATE_WINDOW, color="C0", alpha=0.12, label="target window")
+    axes[1, 0].axhline(1, color="grey", lw=0.6)
+    axes[1, 0].set_yscale("log")
+    axes[1, 0].set_xlabel("training labels")
+    axes[1, 0].set_ylabel(f"event rate MLIP-MD / reference at {t}")
+    axes[1, 0].set_title("event-rate fidelity (grey: first ensemble; 0 drawn at 0.02)")
+    axes[1, 0].grid(alpha=0.3, which="both")
+    axes[1, 1].set_xlabel(f"σ^A of MD frames at {t} (seed {runs[0]['seed']})")
+    axes[1, 1].set_ylabel("density")
+    axes[1, 1].set_title("σ^A: MLIP-MD against the reference MD")
+    axes[1, 1].legend(fontsize=8)
+    fig.suptitle(
+        f"CuI 64 atoms, CHGNet reference, size {runs[0]['size']}, seeds "
+        f"{', '.join(str(r['seed']) for r in runs)} (marker per seed)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot_path)
+    print(
+        f"{'seed':>4} {'strategy':16s} labels -> event-atom / other-atom force MAE at {t} (meV/Å)"
+    )
+    for run in runs:
+        for name in STRATEGIES:
+            row = ", ".join(
+                f"{p['labels']}: {p[t]['event']:.0f}/{p[t]['rest']:.0f}"
+                for p in run["curves"][name]
+            )
+            print(f"{run['seed']:>4} {name:16s} {row}")
+    print("\nevent rate MLIP-MD / reference (events: MLIP-MD vs reference, same windows)")
+    for run in runs:
+        print(
+            f"{run['seed']:>4} "
+            + "; ".join(
+                f"{n}: {r['rate_ratio']:.2f} ({r['mlip_events']} vs {r['reference_events']}"
+                + (", blew up" if r["blew_up"] else "")
+                + ")"
+                for n, r in run["rates"].items()
+            )
+        )
+    print(
+        "\ntarget: AL reaches aiMD-sequential's full-budget event error with <= 1/3 of its "
+        f"labels, and its rate ratio lies in [{RATE_WINDOW[0]}, {RATE_WINDOW[1]}]:"
+    )
+    for run in runs:
+        c = target_check(run)
+        print(
+            f"{run['seed']:>4} goal {c['goal_meV_per_A']:.1f} meV/Å (aiMD, {c['aimd_labels']} "
+            f"labels); AL reaches it with {c['al_labels_to_goal']} labels: "
+            f"{'met' if c['labels_ok'] else 'NOT met'}; rate ratio {c['rate_ratio']:.2f}: "
+            f"{'met' if c['rate_ok'] else 'NOT met'}; "
+            f"wall {run['wall_seconds'] / 60:.0f} min"
+        )
+    print(f"plot: {plot_path}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -201,7 +714,22 @@ def main(argv: list[str] | None = None) -> None:
     ref.add_argument("--temperature", type=float, required=True)
     ref.add_argument("--ps", type=float, required=True)
     ref.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    run = sub.add_parser("run", help="the three strategies at one seed")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--size", choices=sorted(SIZES), default="small")
+    run.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
+    run.add_argument("--references", type=Path, default=Path("runs/rare"))
+    run.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    rep = sub.add_parser("report", help="table and plot of the seeds' runs")
+    rep.add_argument("runs", type=Path, nargs="+", help="rare_events.json of each seed")
+    rep.add_argument("--plot", type=Path, default=Path("benchmarks/results/rare_events.png"))
     args = parser.parse_args(argv)
+    if args.step == "run":
+        run_strategies(args)
+        return
+    if args.step == "report":
+        report(args.runs, args.plot)
+        return
     # the loop's stack loads only when a step runs
     from ase.io import read
     from pymatgen.io.ase import AseAtomsAdaptor

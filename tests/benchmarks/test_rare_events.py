@@ -9,6 +9,8 @@ from ase.build import bulk
 from active_mlip.core.frames import Frame
 from active_mlip.makers.reference_md import EventSettings
 from benchmarks.rare_events import (
+    Reference,
+    Sequential,
     event_atoms,
     event_force_errors,
     event_rate,
@@ -16,6 +18,7 @@ from benchmarks.rare_events import (
     rate_ratio,
     shortest_bond,
     sigma_a_series,
+    target_check,
     time_split,
 )
 
@@ -98,3 +101,62 @@ def test_time_split_keeps_the_held_out_part_last_and_apart():
         time_split(10, 0.5, gap=5)
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         time_split(10, 1.0)
+
+
+def _reference() -> Reference:
+    frames = [CU.model_copy(update={"positions": p.tolist()}) for p in _trajectory()]
+    mask = event_atoms([f.positions for f in frames], CU)
+    return Reference(300.0, frames, CU, range(5), range(7, 10), mask)
+
+
+def test_new_events_start_inside_the_window_after_its_first_frame():
+    ref = _reference()
+    # frames 1-6: atom 0's event starts at frame 2 (window index 1): one new event
+    assert ref.new_events(1, 6) == 1
+    # frames 2-6: the same event is already running at the window's first frame
+    assert ref.new_events(2, 5) == 0
+    # frames 6-9: atom 9 leaves its site at frame 8; atom 5's single frame is a flicker
+    assert ref.new_events(6, 4) == 1
+    frames, mask = ref.held_out(2)  # held-out frames 7 and 9
+    assert len(frames) == 2 and mask[:, 9].tolist() == [False, True]
+
+
+def test_aimd_sequential_takes_each_training_part_in_time_order_in_turn():
+    a, b = _reference(), _reference()
+    a.frames = [f.with_info(t=300, i=i) for i, f in enumerate(a.frames)]
+    b.frames = [f.with_info(t=420, i=i) for i, f in enumerate(b.frames)]
+    picked = Sequential([a, b]).first(5)
+    # the source's own info is replaced: only its positions matter to the pool
+    assert [f.info["index"] for f in picked] == [0, 1, 2, 3, 4]
+    assert [f.positions for f in picked] == [
+        a.frames[0].positions,
+        b.frames[0].positions,
+        a.frames[1].positions,
+        b.frames[1].positions,
+        a.frames[2].positions,
+    ]
+    with pytest.raises(IndexError):
+        Sequential([a, b]).first(11)  # beyond both training parts (5 + 5 frames)
+
+
+def _point(labels: int, event: float) -> dict:
+    return {"labels": labels, "300K": {"event": event, "rest": 10.0}}
+
+
+def test_target_needs_the_event_error_with_a_third_of_the_labels_and_a_fair_rate():
+    run = {
+        "temperatures": [300.0, 420.0],
+        "curves": {
+            "aiMD-sequential": [_point(30, 90.0), _point(90, 60.0), _point(180, 50.0)],
+            "active learning": [_point(30, 90.0), _point(50, 55.0), _point(60, 48.0)],
+        },
+        "rates": {"active learning": {"rate_ratio": 1.2}},
+    }
+    c = target_check(run)
+    # aiMD's 50 meV/Å with 180 labels; AL gets below it at 60 = 180 / 3
+    assert c["goal_meV_per_A"] == 50.0 and c["aimd_labels"] == 180
+    assert c["al_labels_to_goal"] == 60 and c["labels_ok"] and c["rate_ok"]
+    run["curves"]["aiMD-sequential"][-1] = _point(150, 50.0)  # a third is 50 labels
+    assert not target_check(run)["labels_ok"]
+    run["rates"]["active learning"]["rate_ratio"] = 1.4
+    assert not target_check(run)["rate_ok"]
