@@ -159,6 +159,46 @@ def time_split(n_frames: int, held_out_fraction: float, gap: int = 0) -> tuple[r
     return range(n_train), range(n_frames - n_held, n_frames)
 
 
+#: Compressed copies of the reference trajectories (float32 positions and forces).
+SHIPPED = Path(__file__).resolve().parent / "data"
+
+
+def write_npz(frames: Sequence[Frame], path: Path) -> None:
+    """A compressed copy of a fixed-cell trajectory: float32 positions and forces.
+
+    float32 keeps positions to ~1e-6 Å and forces to ~1e-7 relative: far below what
+    the event detection (1 Å) and the force errors (meV/Å) resolve.
+    """
+    np.savez_compressed(
+        path,
+        numbers=np.asarray(frames[0].numbers, dtype=np.int16),
+        cell=np.asarray(frames[0].cell, dtype=float),
+        positions=np.asarray([f.positions for f in frames], dtype=np.float32),
+        forces=np.asarray([f.forces for f in frames], dtype=np.float32),
+        energy=np.asarray([f.energy for f in frames], dtype=float),
+    )
+
+
+def read_npz(path: Path) -> list[Frame]:
+    """The frames of a :func:`write_npz` file, labelled, periodic."""
+    with np.load(path) as d:
+        numbers, cell = d["numbers"].tolist(), d["cell"].tolist()
+        return [
+            Frame(
+                numbers=numbers,
+                positions=p.astype(float).tolist(),
+                cell=cell,
+                pbc=[True, True, True],
+                energy=float(e),
+                forces=f.astype(float).tolist(),
+                info={"source": "reference-md", "index": i},
+            )
+            for i, (p, f, e) in enumerate(
+                zip(d["positions"], d["forces"], d["energy"], strict=True)
+            )
+        ]
+
+
 def reference_trajectory(workdir: Path, temperature: float, ps: float, seed: int = 7) -> Path:
     """The CHGNet Langevin MD of 64-atom CuI at ``temperature`` (cached in ``workdir``)."""
     # the loop's stack loads only for this step
@@ -262,9 +302,19 @@ class Reference:
 
     @classmethod
     def load(cls, path: Path, temperature: float, r0: Frame) -> Reference:
+        """From the cached extxyz, else from the shipped :func:`write_npz` copy beside it."""
         from active_mlip.core.frames import read_frames
 
-        frames = read_frames(path)
+        if path.exists():
+            frames = read_frames(path)
+        elif (SHIPPED / path.with_suffix(".npz").name).exists():
+            frames = read_npz(SHIPPED / path.with_suffix(".npz").name)
+        else:
+            raise FileNotFoundError(
+                f"no reference trajectory {path} (nor {SHIPPED / path.with_suffix('.npz').name}): "
+                f"generate it with `python benchmarks/rare_events.py reference --temperature "
+                f"{temperature:g} --ps ... --workdir {path.parent}`"
+            )
         train, held = time_split(len(frames), HELD_OUT_FRACTION, GAP_FRAMES)
         mask = event_atoms([f.positions for f in frames], r0)
         return cls(temperature, frames, r0, train, held, mask)
@@ -720,6 +770,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
     run.add_argument("--references", type=Path, default=Path("runs/rare"))
     run.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
+    ship.add_argument("trajectories", type=Path, nargs="+", help="cui_<T>K.extxyz files")
     rep = sub.add_parser("report", help="table and plot of the seeds' runs")
     rep.add_argument("runs", type=Path, nargs="+", help="rare_events.json of each seed")
     rep.add_argument("--plot", type=Path, default=Path("benchmarks/results/rare_events.png"))
@@ -729,6 +781,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.step == "report":
         report(args.runs, args.plot)
+        return
+    if args.step == "ship":
+        from active_mlip.core.frames import read_frames
+
+        SHIPPED.mkdir(exist_ok=True)
+        for path in args.trajectories:
+            out = SHIPPED / path.with_suffix(".npz").name
+            write_npz(read_frames(path), out)
+            print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
         return
     # the loop's stack loads only when a step runs
     from ase.io import read

@@ -16,10 +16,12 @@ from benchmarks.rare_events import (
     event_rate,
     events,
     rate_ratio,
+    read_npz,
     shortest_bond,
     sigma_a_series,
     target_check,
     time_split,
+    write_npz,
 )
 
 CU = Frame.from_atoms(bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2))  # 32 atoms
@@ -160,3 +162,18 @@ def test_target_needs_the_event_error_with_a_third_of_the_labels_and_a_fair_rate
     assert not target_check(run)["labels_ok"]
     run["rates"]["active learning"]["rate_ratio"] = 1.4
     assert not target_check(run)["rate_ok"]
+
+
+def test_shipped_copy_keeps_events_and_labels(tmp_path):
+    frames = [
+        CU.model_copy(
+            update={"positions": p.tolist(), "energy": -1.5 - k, "forces": (p - R0).tolist()}
+        )
+        for k, p in enumerate(_trajectory())
+    ]
+    write_npz(frames, tmp_path / "t.npz")
+    back = read_npz(tmp_path / "t.npz")
+    assert len(back) == 10 and [f.energy for f in back] == [-1.5 - k for k in range(10)]
+    assert np.allclose([f.positions for f in back], [f.positions for f in frames], atol=1e-5)
+    assert np.allclose(back[3].forces[0], [1.32, 0.02, 0.02], atol=1e-6)
+    assert sorted(events([f.positions for f in back], CU)) == [(0, 2, 3), (9, 8, 2)]
