@@ -15,16 +15,34 @@ trajectory cannot show that, so this benchmark measures the events themselves:
 EventSettings`): an atom farther than 0.4 × the shortest ground-state bond from its site
 (CuI: 1.05 Å) for at least two logged frames in a row (80 fs at a frame every 40 fs).
 
-This part is the measuring code and the reference trajectory; the strategies (active
-learning, aiMD-sequential, random MLIP-MD frames) are the next step (see
-``benchmarks/README.md``). Generate the cached reference trajectories (CHGNet, the
-stand-in for DFT; about 0.1 s per step for 64-atom CuI on 2 cores)::
+**Reference trajectories** (CHGNet, the stand-in for DFT; a frame every 40 fs, CHGNet
+energies and forces): 64-atom CuI at 300 K for 40 ps and at 420 K for 16 ps, each split
+in time: the first 5/8 is the training part, 1 ps is dropped, the last 3/8 is held out.
+Compressed copies ship in ``benchmarks/data/`` (``ship``); ``reference`` regenerates them
+(about 0.1 s per step on 2 cores: 16 min at 300 K)::
 
     python benchmarks/rare_events.py reference --temperature 300 --ps 40 --workdir runs/rare
-    python benchmarks/rare_events.py reference --temperature 600 --ps 10 --workdir runs/rare
+    python benchmarks/rare_events.py reference --temperature 420 --ps 16 --workdir runs/rare
 
-Each prints its events and writes ``cui_<T>K.extxyz`` (a frame every 40 fs, with CHGNet
-energies and forces); running it again reuses the file.
+**Strategies** (``run``, one seed each), the same ensemble training for all (the ``quick``
+MACE preset at 2 members, warm-started per round):
+
+(a) active learning: the real loop (:func:`active_mlip.app.local.run_local`) starting from
+    aiMD-sequential's first 32 frames (16 per temperature; its test set the next 12),
+    then MLIP-MD at 300 and 420 K with frames accepted by the paper's P_U·P_E;
+(b) aiMD-sequential (the paper's baseline): the first N frames of the training parts, in
+    time order, the two temperatures in turn, up to 3x active learning's final labels;
+(c) random MLIP-MD frames: the same first ensemble, then MLIP-MD at both temperatures
+    with the current ensemble, frames drawn at random, at active learning's label counts.
+
+Every point is scored on every 5th held-out frame (force MAE on the atoms in an event
+and on the rest, per temperature). The event rate and σ^A are measured at 300 K for the
+first ensemble, the last of each strategy and aiMD-sequential at active learning's
+labels: two MLIP-MDs of 3 ps from held-out frames, events that start after their
+first frame counted against the reference's over the same windows::
+
+    python benchmarks/rare_events.py run --seed 0 --workdir runs/rare   # ~1 h on 2 cores
+    python benchmarks/rare_events.py report runs/rare/seed*_small/rare_events.json
 """
 
 from __future__ import annotations
