@@ -2,6 +2,13 @@
 
 - :mod:`~active_mlip.makers.labelling`: reference labels (CHGNet stand-in, any ASE
   calculator, atomate2 DFT codes), one job per single point for real DFT.
+- :mod:`~active_mlip.makers.dft_runs`: one checked DFT single point (atomate2's static
+  Maker; a failed or unconverged run is a recorded reason, never a label).
+- :mod:`~active_mlip.makers.dft_e0s`: E0s of a DFT labeller from isolated-atom jobs.
+- :mod:`~active_mlip.makers.dft_presets`: named DFT input presets tuned for forces
+  (``docs/dft.md``).
+- :mod:`~active_mlip.makers.dft_environment`, :mod:`~active_mlip.makers.dft_makers`: the
+  DFT code's executable and FHI-aims species defaults, checked in each static job.
 - :mod:`~active_mlip.makers.relax`: R0 relaxed with the labeller.
 - :mod:`~active_mlip.makers.sampling`: force constants, harmonic sampling, aiMD import.
 - :mod:`~active_mlip.makers.training`: the MACE ensemble (n_sub disjoint subsets x n_seed

@@ -49,7 +49,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError
 from ase.calculators.emt import EMT
 from ase.data import atomic_numbers, chemical_symbols
 from ase.units import GPa
-from jobflow import Flow, JobConfig, Maker, OnMissing, Response, job
+from jobflow import Flow, Job, JobConfig, Maker, OnMissing, Response, job
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pymatgen.core.units import Ha_to_eV, bohr_to_ang
 from pymatgen.io.ase import AseAtomsAdaptor
@@ -58,6 +58,13 @@ from active_mlip.core.documents import Document, as_model, without_mson_keys
 from active_mlip.core.frames import Frame
 from active_mlip.core.hashing import content_hash
 from active_mlip.core.replacement import replacement
+from active_mlip.makers.dft_environment import aims_species_dir, check_executable
+from active_mlip.makers.dft_presets import (
+    PRESET_NAMES,
+    preset_settings,
+    resolve_input_set_kwargs,
+)
+from active_mlip.makers.dft_runs import dft_single_point
 from active_mlip.makers.schemas import DATA_FIELDS, LabelFailure, LabelledBatch, LabellerIdentity
 from active_mlip.stores.cache import ResultCache
 
@@ -114,8 +121,9 @@ class _LabellerBase(Document):
     def isolated_atom_energies(self, elements: list[str]) -> dict[str, float]:
         """Energy (eV) of each element as a single atom in a 20 Å periodic cubic box."""
         raise NotImplementedError(
-            f"{type(self).__name__} cannot compute isolated-atom energies in-process; "
-            "pass E0s explicitly"
+            f"{type(self).__name__} cannot compute isolated-atom energies in-process: its "
+            "isolated atoms are jobs of their own (active_mlip.makers.dft_e0s."
+            "IsolatedAtomEnergyMaker, which loop.e0s = 'isolated' runs), or pass E0s explicitly"
         )
 
 
@@ -342,67 +350,161 @@ class Atomate2Labeller(_LabellerBase):
 
     Each frame becomes one ``StaticMaker`` job (CP2K: ``atomate2.cp2k.jobs.core``;
     VASP: ``atomate2.vasp.jobs.core``; FHI-aims: ``atomate2.aims.jobs.core``, which
-    needs the ``pymatgen-io-aims`` package). The gather job normalises the task
-    documents' units (see :func:`normalise_dft_output`).
+    needs ``pymatgen-io-aims``: ``pip install active-mlip[aims]``), wrapped by
+    :mod:`active_mlip.makers.dft_makers` so that the job first checks, on the worker
+    that runs it, that the code's executable is there (and for FHI-aims the species
+    defaults). The gather job normalises the task documents' units (see
+    :func:`normalise_dft_output`).
+
+    Input settings are the named ``preset`` (see
+    :mod:`active_mlip.makers.dft_presets` and ``docs/dft.md``) with
+    ``input_set_kwargs`` laid over it: every preset value can be overridden.
 
     Parameters
     ----------
     code
         ``"cp2k"``, ``"vasp"`` or ``"aims"``.
+    preset
+        ``"forces"`` (default: settings tuned for forces of supercells), ``"forces-tight"``
+        or ``None`` (atomate2's own defaults, e.g. VASP's tetrahedron smearing and
+        Materials-Project +U, which do not suit force labels).
     input_set_kwargs
         Keyword arguments of the code's ``StaticSetGenerator`` (CP2K:
         ``user_input_settings``, ``user_kpoints_settings``; VASP:
         ``user_incar_settings``, ``user_kpoints_settings``, ...; aims: ``user_params``,
-        ``user_kpoints_settings``).
+        ``user_kpoints_settings``). Settings dicts are merged into the preset's key by
+        key (``{"user_incar_settings": {"EDIFF": 1e-7}}`` changes one tag; ``None``
+        unsets a tag); other keys replace the preset's value.
     maker_kwargs
         Other fields of the ``StaticMaker`` (e.g. ``run_cp2k_kwargs``).
     compute_stress
         Ask the code for the analytical stress (CP2K: ``STRESS_TENSOR ANALYTICAL``;
-        aims: ``compute_analytical_stress``; VASP computes it in statics anyway).
+        aims: ``compute_analytical_stress``; VASP computes it with ``ISIF`` >= 1).
+
+    Notes
+    -----
+    The atoms keep the frame's order (``sort_structure=False``): atomate2 sorts VASP and
+    CP2K structures by electronegativity by default, and the gather maps forces to
+    atoms by index. Settings that reorder or transform the structure are refused.
     """
 
     kind: Literal["atomate2"] = "atomate2"
     code: Literal["cp2k", "vasp", "aims"] = "cp2k"
+    preset: str | None = "forces"
     input_set_kwargs: dict[str, Any] = Field(default_factory=dict)
     maker_kwargs: dict[str, Any] = Field(default_factory=dict)
     compute_stress: bool = True
     in_process: ClassVar[bool] = False
 
+    @field_validator("preset")
+    @classmethod
+    def _check_preset(cls, v: str | None) -> str | None:
+        if v is not None and v not in PRESET_NAMES:
+            raise ValueError(
+                f"unknown DFT preset {v!r}; choose one of {', '.join(PRESET_NAMES)} "
+                "or None (atomate2's defaults)"
+            )
+        return v
+
+    @field_validator("input_set_kwargs")
+    @classmethod
+    def _check_input_set_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Labels are matched to atoms by index: nothing may reorder or rebuild the cell.
+        for key, harmless in (("sort_structure", False), ("standardize", False)):
+            if v.get(key, harmless) is not harmless:
+                raise ValueError(
+                    f"input_set_kwargs[{key!r}]={v[key]!r} would reorder or rebuild the "
+                    "structure; labels are matched to the frame's atoms by index, so it "
+                    "must stay False"
+                )
+        if v.get("reduce_structure") is not None:
+            raise ValueError(
+                f"input_set_kwargs['reduce_structure']={v['reduce_structure']!r} would "
+                "rebuild the cell; labels are matched to the frame's atoms by index"
+            )
+        if (v.get("user_params") or {}).get("compute_forces") is False:
+            raise ValueError(
+                "input_set_kwargs['user_params']['compute_forces'] is False: labels need forces"
+            )
+        return v
+
     def _identity_parts(self) -> tuple[str, str, dict[str, Any], bool]:
-        settings = {
+        settings: dict[str, Any] = {
             "input_set_kwargs": self.input_set_kwargs,
             "maker_kwargs": self.maker_kwargs,
             "compute_stress": self.compute_stress,
+            # atoms are no longer sorted (see Notes): labels made before are not reused
+            "atom_order": "as given",
         }
+        if self.preset is not None:
+            # The preset's values, not only its name: a changed preset is a new hash.
+            settings["preset"] = self.preset
+            settings["preset_settings"] = preset_settings(self.preset, self.code)
         return self.code, f"atomate2 {version('atomate2')}", settings, True
 
-    def static_maker(self) -> Maker:
-        """The atomate2 ``StaticMaker`` that runs one single point."""
-        gen_kwargs = {k: _copy(v) for k, v in self.input_set_kwargs.items()}
+    def generator_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the code's ``StaticSetGenerator``: the preset, the
+        user's ``input_set_kwargs`` over it, and what labelling needs (forces, stress,
+        the atoms in the frame's order)."""
+        kwargs = resolve_input_set_kwargs(self.code, self.preset, self.input_set_kwargs)
         if self.code == "cp2k":
-            # atomate2 loads only for a DFT labeller, and only its code's Makers
-            from atomate2.cp2k.jobs.core import StaticMaker
-            from atomate2.cp2k.sets.core import StaticSetGenerator
-
             if self.compute_stress:
-                uis = gen_kwargs.setdefault("user_input_settings", {})
+                uis = kwargs.setdefault("user_input_settings", {})
                 over = uis.setdefault("override_default_params", {})
                 over.setdefault("FORCE_EVAL", {}).setdefault("STRESS_TENSOR", "ANALYTICAL")
+            kwargs["sort_structure"] = False
         elif self.code == "vasp":
-            from atomate2.vasp.jobs.core import StaticMaker
-            from atomate2.vasp.sets.core import StaticSetGenerator
+            kwargs["sort_structure"] = False
         else:
-            try:
-                from atomate2.aims.jobs.core import StaticMaker
-                from atomate2.aims.sets.core import StaticSetGenerator
-            except ImportError as exc:
-                raise ImportError(f"the FHI-aims backend needs pymatgen-io-aims: {exc}") from exc
+            params = kwargs.setdefault("user_params", {})
+            params["compute_forces"] = True
             if self.compute_stress:
-                gen_kwargs.setdefault("user_params", {}).setdefault(
-                    "compute_analytical_stress", True
-                )
+                params.setdefault("compute_analytical_stress", True)
+        return kwargs
+
+    def static_maker(self) -> Maker:
+        """The atomate2 ``StaticMaker`` that runs one single point.
+
+        Raises
+        ------
+        ImportError
+            For ``code="aims"`` without ``pymatgen-io-aims``, saying what to install.
+        """
+        # atomate2 loads only for a DFT labeller, and only when a job is built
+        from active_mlip.makers import dft_makers
+
+        gen_kwargs = self.generator_kwargs()
+        if self.code == "cp2k":
+            from atomate2.cp2k.sets.core import StaticSetGenerator
+
+            maker_cls: type = dft_makers.Cp2kStaticMaker
+        elif self.code == "vasp":
+            from atomate2.vasp.sets.core import StaticSetGenerator
+
+            maker_cls = dft_makers.VaspStaticMaker
+        else:
+            maker_cls = dft_makers.aims_static_maker_class()
+            from pymatgen.io.aims.sets.core import StaticSetGenerator
         generator = StaticSetGenerator(**gen_kwargs)
-        return StaticMaker(input_set_generator=generator, **_copy(self.maker_kwargs))
+        return maker_cls(input_set_generator=generator, **_copy(self.maker_kwargs))
+
+    def check_environment(self, elements: list[str] | None = None) -> None:
+        """Check this machine can run the single points: the executable is on ``PATH``
+        and, for FHI-aims, the species defaults exist (for ``elements`` if given).
+
+        The static jobs run the same checks themselves on the worker; call this on a
+        compute node to find a set-up problem before submitting a campaign.
+
+        Raises
+        ------
+        active_mlip.makers.dft_environment.DFTSetupError
+            Naming the missing executable or directory and how to fix it.
+        """
+        check_executable(self.code, self.maker_kwargs)
+        if self.code == "aims":
+            species = self.generator_kwargs()["user_params"].get("species_dir")
+            if not isinstance(species, dict):  # a per-species map is pymatgen's to resolve
+                aims_species_dir(species, list(elements or []))
 
 
 def _copy(obj: Any) -> Any:
@@ -482,7 +584,9 @@ def normalise_dft_output(
         converts it), forces in Hartree/Bohr and the stress tensor in GPa as CP2K
         prints it (positive = compressive, the opposite of ASE).
         ``"vasp"``: energy eV, forces eV/Å, stress in kBar with VASP's sign
-        (positive = compressive). ``"aims"``: already eV, eV/Å, eV/Å^3, ASE sign.
+        (positive = compressive). ``"aims"``: energy eV, forces eV/Å, stress in kBar
+        (pymatgen-io-aims converts FHI-aims' eV/Å^3) with ASE's sign (positive =
+        tensile), as FHI-aims prints it.
     energy, forces, stress
         As found in ``task_document.output``; stress as a 3x3 tensor or Voigt.
 
@@ -496,7 +600,7 @@ def normalise_dft_output(
     # pymatgen converted the CP2K energy with its (CODATA 2018) Hartree; the forces
     # must use the same constants to stay the energy's derivative.
     force_factor = {"cp2k": Ha_to_eV / bohr_to_ang, "vasp": 1.0, "aims": 1.0}
-    stress_factor = {"cp2k": -GPa, "vasp": -0.1 * GPa, "aims": 1.0}
+    stress_factor = {"cp2k": -GPa, "vasp": -0.1 * GPa, "aims": 0.1 * GPa}
     if code not in force_factor:
         raise ValueError(f"unknown DFT code {code!r}; expected cp2k, vasp or aims")
     e = None if energy is None else float(energy)
@@ -650,7 +754,11 @@ def label_in_process(
 def build_dft_flow(
     frames: list[Frame], labeller: Atomate2Labeller, cache: ResultCache | None = None
 ) -> Flow | LabelledBatch:
-    """One atomate2 static job per uncached frame, plus a gather job.
+    """One atomate2 static single point per uncached frame, plus a gather job.
+
+    Each single point is a :func:`~active_mlip.makers.dft_runs.dft_single_point` job
+    running ``labeller.static_maker()``: a failed or unconverged run comes back as a
+    reason, which the gather records.
 
     Returns
     -------
@@ -680,24 +788,32 @@ def build_dft_flow(
     results = []
     for i in pending:
         structure = AseAtomsAdaptor.get_structure(frames[i].unlabelled().to_atoms())
-        static = maker.make(structure)
+        static = dft_single_point(maker, structure, labeller.code)
         static.name = f"{maker.name} {i}"
         statics.append(static)
-        # Only the numbers travel to the gather job, not the whole task document.
-        results.append(
-            {
-                "uuid": static.uuid,
-                "energy": static.output.output.energy,
-                "forces": static.output.output.forces,
-                "stress": static.output.output.stress,
-                "dir_name": static.output.dir_name,
-            }
-        )
+        results.append(single_point_refs(static))
     gather = gather_dft_labels(frames, cached, pending, results, labeller)
     # A fizzled static job resolves to None instead of failing the gather.
     gather.config = JobConfig(expose_store=True, on_missing_references=OnMissing.NONE)
     gather.name = "gather labels"
     return Flow([*statics, gather], output=gather.output, name="dft labels")
+
+
+def single_point_refs(static: Job) -> dict[str, Any]:
+    """What of one :func:`dft_single_point` job the gather needs: its numbers or reason.
+
+    Only these travel to the gather job, not the whole task document; each resolves to
+    ``None`` when the job did not run (killed worker, fizzled firework).
+    """
+    out = static.output
+    return {
+        "uuid": static.uuid,
+        "energy": out.energy,
+        "forces": out.forces,
+        "stress": out.stress,
+        "dir_name": out.dir_name,
+        "reason": out.reason,
+    }
 
 
 @job(data=DATA_FIELDS)
@@ -711,8 +827,9 @@ def gather_dft_labels(
     """Collect the static jobs' outputs into a :class:`LabelledBatch`.
 
     Units are normalised with :func:`normalise_dft_output`; each new label is written
-    to the cache. A static job that failed (its references resolve to ``None``) or
-    gave non-finite numbers is recorded as a failure.
+    to the cache. A single point that failed (its ``reason``: the code or custodian
+    raised, an unconverged SCF, no forces), did not run (its references resolve to
+    ``None``) or gave non-finite numbers is recorded as a failure, never cached.
     """
     t0 = time.perf_counter()
     labeller = labeller_from_dict(labeller)
@@ -727,6 +844,9 @@ def gather_dft_labels(
     for i, res in zip(pending, results, strict=True):
         frame = frames[i]
         res = res or {}
+        if res.get("reason"):  # the run failed, did not converge or gave nothing
+            failures.append(_failure(i, frame, str(res["reason"])))
+            continue
         if res.get("energy") is None and res.get("forces") is None:
             failures.append(
                 _failure(

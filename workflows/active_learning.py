@@ -45,12 +45,14 @@ from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.core.frames import Frame
+from active_mlip.makers.dft_e0s import IsolatedAtomEnergyMaker
 from active_mlip.makers.labelling import LabelMaker, validate_frames
 from active_mlip.makers.relax import RelaxMaker, check_can_relax
 from active_mlip.makers.sampling import ForceConstantsMaker, HarmonicSamplingMaker
 from active_mlip.workflows import policy
 from active_mlip.workflows.iteration import IterationMaker, TrainingInputs
 from active_mlip.workflows.jobs import (
+    check_e0s,
     check_trajectory,
     concat_frames,
     initial_split,
@@ -88,6 +90,10 @@ class ActiveLearningMaker(Maker):
         One iteration: labelling, training, exploration and evaluation Makers.
     screening_maker
         The screening of the first ensemble (when ``settings.screening.enabled``).
+    e0_maker
+        Isolated-atom DFT jobs for ``loop.e0s = "isolated"`` with a DFT labeller
+        (``None``: the labeller's, with the default box); in-process labellers compute
+        their E0s in one job.
     """
 
     name: str = "active learning"
@@ -97,6 +103,7 @@ class ActiveLearningMaker(Maker):
     sampling_maker: HarmonicSamplingMaker | None = None
     iteration_maker: IterationMaker | None = None
     screening_maker: ScreeningMaker | None = None
+    e0_maker: IsolatedAtomEnergyMaker | None = None
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -112,6 +119,17 @@ class ActiveLearningMaker(Maker):
             self.screening_maker = ScreeningMaker(
                 settings=s, label_maker=self.iteration_maker.label_maker
             )
+
+    def _e0_maker(self, labeller: Any) -> IsolatedAtomEnergyMaker:
+        """The isolated-atom Maker, checked to run the labeller's code and settings."""
+        if self.e0_maker is None:
+            return IsolatedAtomEnergyMaker(labeller=labeller)
+        if self.e0_maker.labeller.identity() != labeller.identity():
+            raise ValueError(
+                "e0_maker.labeller differs from the labeller of the data: E0s must come "
+                "from the same code and settings as the labels"
+            )
+        return self.e0_maker
 
     @property
     def label_maker(self) -> LabelMaker:
@@ -154,15 +172,18 @@ class ActiveLearningMaker(Maker):
         jobs.append(fc)
 
         if loop.e0s == "isolated":
-            e0 = isolated_energies(labeller, elements)
+            e0s: Any
+            if labeller.in_process:
+                e0 = isolated_energies(labeller, elements)
+                e0s = e0.output
+            else:  # DFT: one isolated-atom job per element, routed like the labels
+                e0 = self._e0_maker(labeller).make(elements)
+                e0s = e0.output.energies
             e0.name = f"{material} E0s"
             tag(e0, "labelling", iteration=0)
             jobs.append(e0)
-            e0s: Any = e0.output
         else:
-            missing = sorted(set(elements) - set(loop.e0s))
-            if missing:
-                raise ValueError(f"loop.e0s lacks reference energies for {missing}")
+            check_e0s(loop.e0s, elements, material)
             e0s = dict(loop.e0s)
 
         if loop.initial == "harmonic":

@@ -59,6 +59,23 @@ def flatten_explorations(outputs: Explorations) -> list[ExplorationDocument]:
     return out
 
 
+def check_e0s(e0s: dict[str, float], elements: list[str], material: str) -> None:
+    """Raise ``ValueError`` naming each element of ``material`` that ``e0s`` lacks.
+
+    The message says how to give them: typed in ``loop.e0s`` or computed with
+    ``loop.e0s: isolated``.
+    """
+    missing = sorted(set(elements) - set(e0s))
+    if missing:
+        example = ", ".join(f"{el}: <eV>" for el in elements)
+        raise ValueError(
+            f"loop.e0s has no reference energy (E0) for {', '.join(missing)} (needed by "
+            f"{material}: {', '.join(elements)}). Give one per element in eV, "
+            f"loop.e0s: {{{example}}}, or set loop.e0s: isolated to compute them with the "
+            "labeller (isolated atoms)"
+        )
+
+
 @job(config=JobConfig(expose_store=True))
 def isolated_energies(labeller: Any, elements: list[str]) -> dict[str, float]:
     """Reference energy per element from the labeller (isolated atoms in a box).

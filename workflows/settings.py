@@ -85,7 +85,8 @@ class LoopSettings(Document):
     e0s: dict[str, float] | Literal["isolated"] = Field(
         "isolated",
         description="Reference energy per element (eV), or 'isolated' to compute them with "
-        "the labeller (in-process labellers only).",
+        "the labeller: a lone atom per element (DFT labellers: spin-polarised, Γ point, "
+        "in a large box, one job each).",
     )
     seed: int = Field(
         0,

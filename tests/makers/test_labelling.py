@@ -18,6 +18,7 @@ from monty.json import MontyDecoder, jsanitize
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from active_mlip.core.frames import Frame
+from active_mlip.makers.dft_runs import dft_single_point
 from active_mlip.makers.labelling import (
     ASECalculatorLabeller,
     Atomate2Labeller,
@@ -331,9 +332,10 @@ def test_cp2k_flow_has_one_static_job_per_uncached_frame():
     from atomate2.cp2k.jobs.core import StaticMaker
 
     for static, i in zip(statics, [0, 2], strict=True):
-        maker = static.function.__self__
-        assert isinstance(maker, StaticMaker)
-        structure = static.function_args[0]
+        # each single point is atomate2's StaticMaker run by dft_single_point
+        assert static.function is dft_single_point.original
+        maker, structure, code = static.function_args
+        assert isinstance(maker, StaticMaker) and code == "cp2k"
         expected = AseAtomsAdaptor.get_structure(frames[i].to_atoms())
         assert structure == expected
         gen = maker.input_set_generator
