@@ -458,8 +458,7 @@ def score_events(ensemble: Any, held: dict[float, tuple[list[Frame], np.ndarray]
 
 def run_strategies(args: argparse.Namespace) -> dict:
     """The three strategies at one seed; every point scored, the event rate at the ends."""
-    import data_efficiency as de
-
+    de = _data_efficiency()
     from active_mlip.core.documents import as_model
     from active_mlip.core.frames import write_extxyz
     from active_mlip.stores.job_store import StoreSettings, make_job_store
@@ -577,6 +576,15 @@ def run_strategies(args: argparse.Namespace) -> dict:
     return out
 
 
+def _data_efficiency() -> Any:
+    """The data-efficiency benchmark's strategies (as a script or from the package)."""
+    try:
+        from benchmarks import data_efficiency
+    except ImportError:  # run as a script: benchmarks/ itself is on sys.path
+        import data_efficiency
+    return data_efficiency
+
+
 def _n_event_frames(frames: Sequence[Frame], r0: Frame) -> int:
     """Frames with an atom farther than the event distance from its site (one frame suffices)."""
     settings = EventSettings()
@@ -594,8 +602,7 @@ def _n_event_frames(frames: Sequence[Frame], r0: Frame) -> int:
 
 def _sequential(store, settings, schedule, aimd, e0s, r0, scorer) -> tuple[list[dict], dict]:
     """aiMD-sequential's learning curve, and its ensemble at each label count."""
-    import data_efficiency as de
-
+    de = _data_efficiency()
     pool: list[Frame] = []
     ensemble = None
     points, ensembles = [], {}

@@ -177,3 +177,44 @@ def test_shipped_copy_keeps_events_and_labels(tmp_path):
     assert np.allclose([f.positions for f in back], [f.positions for f in frames], atol=1e-5)
     assert np.allclose(back[3].forces[0], [1.32, 0.02, 0.02], atol=1e-6)
     assert sorted(events([f.positions for f in back], CU)) == [(0, 2, 3), (9, 8, 2)]
+
+
+@pytest.mark.slow
+def test_smoke_run_and_report_on_the_shipped_trajectories(tmp_path, capsys):
+    """The whole benchmark at its smoke size (a minute): the numbers mean nothing, the
+    bookkeeping does."""
+    import json
+
+    from benchmarks.rare_events import main
+
+    # no cached extxyz in --references: the shipped copies in benchmarks/data are read
+    args = ["--seed", "3", "--size", "smoke", "--references", str(tmp_path / "none")]
+    main(["run", *args, "--workdir", str(tmp_path), "--temperatures", "300"])
+    run = json.loads((tmp_path / "seed3_smoke" / "rare_events.json").read_text())
+    al = run["curves"]["active learning"]
+    aimd = run["curves"]["aiMD-sequential"]
+    assert al[0]["labels"] == 8 and run["labels_al"] == al[-1]["labels"] > 8
+    # aiMD-sequential goes on to 2x active learning's labels (the smoke size's "beyond")
+    assert aimd[-1]["labels"] == round(2 * run["labels_al"])
+    assert [p["labels"] for p in run["curves"]["random MLIP-MD"]] == [p["labels"] for p in al]
+    # the first ensemble is shared: the same scores at 8 labels for all three
+    assert aimd[0]["300K"] == al[0]["300K"] == run["curves"]["random MLIP-MD"][0]["300K"]
+    assert set(run["rates"]) == {
+        "first ensemble",
+        "active learning",
+        "aiMD-sequential at AL's labels",
+        "aiMD-sequential, full budget",
+        "random MLIP-MD",
+    }
+    for r in run["rates"].values():
+        assert r["reference_events"] >= 0 and len(r["sigma_a_reference"]) == 2 * 6
+    main(
+        [
+            "report",
+            str(tmp_path / "seed3_smoke" / "rare_events.json"),
+            "--plot",
+            str(tmp_path / "p.png"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "target:" in out and (tmp_path / "p.png").stat().st_size > 10_000
