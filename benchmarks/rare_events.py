@@ -715,10 +715,13 @@ def report(paths: list[Path], plot_path: Path) -> None:
     axes[0, 1].set_title(f"force MAE on the other atoms (held out, {t})")
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ticks = sorted({p["labels"] for r in runs for c in r["curves"].values() for p in c})
+    ticks: list[int] = []
+    for x in sorted({p["labels"] for r in runs for c in r["curves"].values() for p in c}):
+        if not ticks or x > 1.12 * ticks[-1]:  # no two labels closer than 12 % on a log axis
+            ticks.append(x)
     for ax in (*axes[0], axes[1, 0]):
         ax.set_xscale("log")
-        ax.set_xticks(ticks if len(ticks) <= 10 else ticks[:: len(ticks) // 8 + 1])
+        ax.set_xticks(ticks)
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
     for ax in axes[0]:
