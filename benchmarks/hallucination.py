@@ -146,10 +146,12 @@ def plot(out: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=90)
+    every = out["first"]["gaps_along"] + out["last"]["gaps_along"]
+    bins = np.linspace(min(every), max(every), 40)
     for name, style in (("first", "C3"), ("last", "C0")):
         res = out[name]
         label = f"{'first' if name == 'first' else 'last'} ensemble ({res['labels']} labels)"
-        axes[0].hist(res["gaps_along"], bins=20, alpha=0.5, color=style, label=label)
+        axes[0].hist(res["gaps_along"], bins=bins, alpha=0.5, color=style, label=label)
         gaps = [m["gap"] for m in res["minima"]]
         shifts = [m["reference_relaxes_by_A"] for m in res["minima"]]
         axes[1].scatter(shifts, gaps, color=style, label=label, s=40)
@@ -183,7 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--frames", type=int, default=60, help="logged frames per MLIP-MD")
     parser.add_argument("--stride", type=int, default=6)
     parser.add_argument("--plot", type=Path, default=Path("benchmarks/results/hallucination.png"))
+    parser.add_argument("--replot", type=Path, default=None, help="plot a stored JSON only")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text()), args.plot)
+        return
     t0 = time.time()
     loop = run_loop(
         args.workdir / f"seed{args.seed}", loop_settings(args.preset, args.seed, args.iterations)
