@@ -618,6 +618,73 @@ def _sequential(store, settings, schedule, aimd, e0s, r0, scorer) -> tuple[list[
     return points, ensembles
 
 
+def offset_per_event_atom(
+    gaps: Sequence[float], n_event_atoms: Sequence[int]
+) -> tuple[float, float]:
+    """Least-squares line of energy gaps against the number of atoms in an event.
+
+    ``gaps`` are per frame ΔE_MLIP − ΔE_reference (eV, each relative to R0); the slope
+    (eV per atom in an event) says how much too high (> 0) or too low (< 0) the MLIP puts
+    an off-site atom: > 0 suppresses events in MLIP-MD, < 0 makes false ones.
+
+    Returns
+    -------
+    tuple
+        (slope in eV per event atom, intercept in eV).
+    """
+    n = np.asarray(n_event_atoms, dtype=float)
+    if len(set(n.tolist())) < 2:
+        raise ValueError("the frames must differ in their number of event atoms to fit a slope")
+    a = np.vstack([n, np.ones_like(n)]).T
+    slope, intercept = np.linalg.lstsq(a, np.asarray(gaps, dtype=float), rcond=None)[0]
+    return float(slope), float(intercept)
+
+
+def energy_offsets(args: argparse.Namespace) -> None:
+    """Per seed: how much too high the first and last AL ensembles put off-site atoms."""
+    from active_mlip.core.documents import as_model
+    from active_mlip.makers.ensemble import EnsembleCalculator
+    from active_mlip.makers.labelling import CHGNetLabeller
+    from active_mlip.makers.schemas import EnsembleDocument
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
+    from active_mlip.workflows.state import LoopResult
+
+    de = _data_efficiency()
+    r0 = de.ground_state()
+    ref = Reference.load(args.references / "cui_300K.extxyz", 300.0, r0)
+    frames, mask = ref.held_out(SIZES[args.size]["held_stride"])
+    n_event = mask.sum(axis=1)
+    ground = r0.unlabelled().to_atoms()
+    ground.calc = CHGNetLabeller().get_calculator()
+    e_ref = np.array([f.energy for f in frames]) - ground.get_potential_energy()
+    for seed in args.seeds:
+        store = make_job_store(
+            StoreSettings(
+                local_path=args.workdir / f"seed{seed}_{args.size}" / "active_learning" / "store"
+            )
+        )
+        store.connect()
+        result = None
+        for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+            out = store.get_output(doc["uuid"], load=True)
+            if isinstance(out, dict) and "stop_reason" in out:
+                result = as_model(out, LoopResult)
+        for name, h in (("first", result.state.history[0]), ("last", result.state.history[-1])):
+            ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
+            calc = EnsembleCalculator.from_document(ens, device="auto", compute_stress=False)
+            ground.calc = calc
+            m0 = ground.get_potential_energy()
+            atoms = [f.unlabelled().to_atoms() for f in frames]
+            pred = np.array([r["energy"] for r in calc.evaluate(atoms, batch_size=8)]) - m0
+            slope, intercept = offset_per_event_atom(pred - e_ref, n_event)
+            print(
+                f"seed {seed}, {name} ensemble ({h.n_train} labels): held-out 300 K frames "
+                f"(mean {n_event.mean():.1f} atoms in an event) put {1000 * slope:+.0f} meV "
+                f"per atom in an event too high (intercept {intercept:+.3f} eV)",
+                flush=True,
+            )
+
+
 # -- the report (``report``) -----------------------------------------------------------------
 STRATEGIES = ("active learning", "aiMD-sequential", "random MLIP-MD")
 COLOURS = {"active learning": "C0", "aiMD-sequential": "C3", "random MLIP-MD": "C2"}
@@ -798,6 +865,11 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
     run.add_argument("--references", type=Path, default=Path("runs/rare"))
     run.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    off = sub.add_parser("energies", help="energy offset of off-site atoms, per seed")
+    off.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    off.add_argument("--size", choices=sorted(SIZES), default="small")
+    off.add_argument("--references", type=Path, default=Path("runs/rare"))
+    off.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
     ship.add_argument("trajectories", type=Path, nargs="+", help="cui_<T>K.extxyz files")
     rep = sub.add_parser("report", help="table and plot of the seeds' runs")
@@ -809,6 +881,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.step == "report":
         report(args.runs, args.plot)
+        return
+    if args.step == "energies":
+        energy_offsets(args)
         return
     if args.step == "ship":
         from active_mlip.core.frames import read_frames

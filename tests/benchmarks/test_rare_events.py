@@ -15,6 +15,7 @@ from benchmarks.rare_events import (
     event_force_errors,
     event_rate,
     events,
+    offset_per_event_atom,
     rate_ratio,
     read_npz,
     shortest_bond,
@@ -218,3 +219,12 @@ def test_smoke_run_and_report_on_the_shipped_trajectories(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "target:" in out and (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_energy_offset_per_event_atom_is_the_slope_of_the_gaps():
+    # 0.08 eV too high per atom in an event, 0.02 eV overall: an exact line
+    n = [0, 2, 5, 9]
+    slope, intercept = offset_per_event_atom([0.02 + 0.08 * k for k in n], n)
+    assert slope == pytest.approx(0.08) and intercept == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="differ in their number"):
+        offset_per_event_atom([0.1, 0.2], [3, 3])
