@@ -360,7 +360,7 @@ def active_learning(
     store = make_job_store(StoreSettings(local_path=workdir / "store"))
     store.connect()
     result = None
-    for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
         out = store.get_output(doc["uuid"], load=True)
         if isinstance(out, dict) and "stop_reason" in out:
             result = as_model(out, LoopResult)

@@ -69,7 +69,7 @@ def run_loop(workdir: Path, settings: ActiveLearningSettings) -> dict[str, Any]:
     store = make_job_store(StoreSettings(local_path=workdir / "store"))
     store.connect()
     result = None
-    for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
         out = store.get_output(doc["uuid"], load=True)
         if isinstance(out, dict) and "stop_reason" in out:
             result = as_model(out, LoopResult)

@@ -464,9 +464,13 @@ def run_strategies(args: argparse.Namespace) -> dict:
     from active_mlip.stores.job_store import StoreSettings, make_job_store
     from active_mlip.workflows.state import LoopResult
 
-    size = SIZES[args.size]
+    size = dict(SIZES[args.size])
+    tag = args.size
+    if args.iterations is not None:  # a longer loop: its own work directory
+        size["iterations"] = args.iterations
+        tag = f"{args.size}_it{args.iterations}"
     t_start = time.time()
-    workdir = args.workdir / f"seed{args.seed}_{args.size}"
+    workdir = args.workdir / f"seed{args.seed}_{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
     r0 = de.ground_state()
     refs = [
@@ -499,7 +503,7 @@ def run_strategies(args: argparse.Namespace) -> dict:
     store = make_job_store(StoreSettings(local_path=workdir / "active_learning" / "store"))
     store.connect()
     result = None
-    for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
         out = store.get_output(doc["uuid"], load=True)
         if isinstance(out, dict) and "stop_reason" in out:
             result = as_model(out, LoopResult)
@@ -518,36 +522,37 @@ def run_strategies(args: argparse.Namespace) -> dict:
     n_end = curves["active learning"][-1]["labels"]
     al_counts = [p["labels"] for p in curves["active learning"]]
     log(f"active learning: {len(al_points)} ensembles, {n_end} labels")
-    bstore = make_job_store(StoreSettings(local_path=workdir / "baselines_store"))
-    bstore.connect()
-    # (b) aiMD-sequential, to 3x active learning's labels
-    schedule = sorted({*al_counts, *(round(m * n_end) for m in size["beyond"])})
-    curves["aiMD-sequential"], ensembles = _sequential(
-        bstore, settings, schedule, aimd, e0s, r0, scorer
-    )
-    # (c) random MLIP-MD frames, at active learning's label counts
-    random_ensembles = [al_points[0]["ensemble"]]
-    curves["random MLIP-MD"] = de.random_mlip_md(
-        bstore,
-        settings,
-        al_counts,
-        initial,
-        al_points[0]["ensemble"],
-        e0s,
-        r0,
-        list(args.temperatures),
-        scorer,
-        -np.inf,
-        random_ensembles,
-    )
-    # event rate and σ^A at T: the first ensemble, each strategy's last, aiMD at AL's labels
     rate_at = {
         "first ensemble": al_points[0]["ensemble"],
         "active learning": al_points[-1]["ensemble"],
-        "aiMD-sequential at AL's labels": ensembles[n_end],
-        "aiMD-sequential, full budget": ensembles[schedule[-1]],
-        "random MLIP-MD": random_ensembles[-1],
     }
+    if not args.al_only:
+        bstore = make_job_store(StoreSettings(local_path=workdir / "baselines_store"))
+        bstore.connect()
+        # (b) aiMD-sequential, to 3x active learning's labels
+        schedule = sorted({*al_counts, *(round(m * n_end) for m in size["beyond"])})
+        curves["aiMD-sequential"], ensembles = _sequential(
+            bstore, settings, schedule, aimd, e0s, r0, scorer
+        )
+        # (c) random MLIP-MD frames, at active learning's label counts
+        random_ensembles = [al_points[0]["ensemble"]]
+        curves["random MLIP-MD"] = de.random_mlip_md(
+            bstore,
+            settings,
+            al_counts,
+            initial,
+            al_points[0]["ensemble"],
+            e0s,
+            r0,
+            list(args.temperatures),
+            scorer,
+            -np.inf,
+            random_ensembles,
+        )
+        # event rate and σ^A at T: also each baseline's last, aiMD at AL's labels
+        rate_at["aiMD-sequential at AL's labels"] = ensembles[n_end]
+        rate_at["aiMD-sequential, full budget"] = ensembles[schedule[-1]]
+        rate_at["random MLIP-MD"] = random_ensembles[-1]
     rates = {}
     for k, (name, ens) in enumerate(rate_at.items()):
         t0 = time.time()
@@ -563,6 +568,7 @@ def run_strategies(args: argparse.Namespace) -> dict:
     out = {
         "seed": args.seed,
         "size": args.size,
+        "iterations": size["iterations"],
         "temperatures": list(args.temperatures),
         "labels_al": n_end,
         "al_stop": summary["stop_reason"],
@@ -657,15 +663,16 @@ def energy_offsets(args: argparse.Namespace) -> None:
     ground = r0.unlabelled().to_atoms()
     ground.calc = CHGNetLabeller().get_calculator()
     e_ref = np.array([f.energy for f in frames]) - ground.get_potential_energy()
+    tag = args.size if args.iterations is None else f"{args.size}_it{args.iterations}"
     for seed in args.seeds:
         store = make_job_store(
             StoreSettings(
-                local_path=args.workdir / f"seed{seed}_{args.size}" / "active_learning" / "store"
+                local_path=args.workdir / f"seed{seed}_{tag}" / "active_learning" / "store"
             )
         )
         store.connect()
         result = None
-        for doc in store.query({"name": {"$regex": "decide$"}}, properties=["uuid"]):
+        for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
             out = store.get_output(doc["uuid"], load=True)
             if isinstance(out, dict) and "stop_reason" in out:
                 result = as_model(out, LoopResult)
@@ -863,11 +870,14 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--size", choices=sorted(SIZES), default="small")
     run.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
+    run.add_argument("--iterations", type=int, default=None, help="override the size's")
+    run.add_argument("--al-only", action="store_true", help="active learning only (no baselines)")
     run.add_argument("--references", type=Path, default=Path("runs/rare"))
     run.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     off = sub.add_parser("energies", help="energy offset of off-site atoms, per seed")
     off.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     off.add_argument("--size", choices=sorted(SIZES), default="small")
+    off.add_argument("--iterations", type=int, default=None, help="as given to run")
     off.add_argument("--references", type=Path, default=Path("runs/rare"))
     off.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
