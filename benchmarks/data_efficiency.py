@@ -347,25 +347,33 @@ def grow(pool: list[Frame], new: list[Frame], settings: ActiveLearningSettings, 
 
 
 # -- the strategies --------------------------------------------------------------------------
+def loop_result(path: Path) -> tuple[Any, Any]:
+    """The connected job store at ``path`` and the finished loop's ``LoopResult`` in it.
+
+    The result is the output of the loop's last controller job: ``decide`` after the
+    iteration cap or convergence, ``proceed`` when an exploration accepted nothing.
+    """
+    from active_mlip.workflows.state import LoopResult
+
+    store = make_job_store(StoreSettings(local_path=path))
+    store.connect()
+    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
+        out = store.get_output(doc["uuid"], load=True)
+        if isinstance(out, dict) and "stop_reason" in out:
+            return store, as_model(out, LoopResult)
+    raise RuntimeError(f"no finished loop in {path}")
+
+
 def active_learning(
     workdir: Path, settings: ActiveLearningSettings
 ) -> tuple[list[dict], list[Frame], dict]:
     """Run the loop; per iteration (labels, ensemble), the initial frames, the summary."""
     from active_mlip.app.local import run_local
-    from active_mlip.workflows.state import LoopResult
 
     t0 = time.perf_counter()
     summary = run_local(MATERIAL, workdir, settings)
     log(f"active learning: {summary['stop_reason']} ({time.perf_counter() - t0:.0f} s)")
-    store = make_job_store(StoreSettings(local_path=workdir / "store"))
-    store.connect()
-    result = None
-    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
-        out = store.get_output(doc["uuid"], load=True)
-        if isinstance(out, dict) and "stop_reason" in out:
-            result = as_model(out, LoopResult)
-    if result is None:
-        raise RuntimeError(f"no finished loop in {workdir / 'store'}")
+    store, result = loop_result(workdir / "store")
     points = []
     frames = result.state.train.frames
     for h in result.state.history:

@@ -38,12 +38,12 @@ for _var in ("ACTIVE_MLIP_MONGO_URI", "ACTIVE_MLIP_STORE_FILE"):
     os.environ.pop(_var, None)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from data_efficiency import loop_result  # noqa: E402
 from rare_events import log, mlip_md  # noqa: E402
 
 from active_mlip.core.documents import as_model  # noqa: E402
 from active_mlip.core.frames import Frame  # noqa: E402
 from active_mlip.makers.schemas import EnsembleDocument  # noqa: E402
-from active_mlip.stores.job_store import StoreSettings, make_job_store  # noqa: E402
 from active_mlip.workflows.settings import ActiveLearningSettings  # noqa: E402
 
 MATERIAL = "AgGaSe2"
@@ -61,20 +61,11 @@ def loop_settings(preset: str, seed: int, iterations: int) -> ActiveLearningSett
 def run_loop(workdir: Path, settings: ActiveLearningSettings) -> dict[str, Any]:
     """Run (or reuse) the loop; the first and last ensembles, R0, the screening verdict."""
     from active_mlip.app.local import run_local
-    from active_mlip.workflows.state import LoopResult
 
     t0 = time.time()
     summary = run_local(MATERIAL, workdir, settings)
     log(f"loop: {summary['stop_reason']} ({time.time() - t0:.0f} s)")
-    store = make_job_store(StoreSettings(local_path=workdir / "store"))
-    store.connect()
-    result = None
-    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
-        out = store.get_output(doc["uuid"], load=True)
-        if isinstance(out, dict) and "stop_reason" in out:
-            result = as_model(out, LoopResult)
-    if result is None:
-        raise RuntimeError(f"no finished loop in {workdir / 'store'}")
+    store, result = loop_result(workdir / "store")
     fc = store.get_output(result.state.fc_uuid, load=True)
     verdict = store.docs_store.query_one({"name": f"{MATERIAL} screening verdict"})
     screening = store.get_output(verdict["uuid"], load=True) if verdict else None

@@ -459,10 +459,8 @@ def score_events(ensemble: Any, held: dict[float, tuple[list[Frame], np.ndarray]
 def run_strategies(args: argparse.Namespace) -> dict:
     """The three strategies at one seed; every point scored, the event rate at the ends."""
     de = _data_efficiency()
-    from active_mlip.core.documents import as_model
     from active_mlip.core.frames import write_extxyz
     from active_mlip.stores.job_store import StoreSettings, make_job_store
-    from active_mlip.workflows.state import LoopResult
 
     size = dict(SIZES[args.size])
     tag = args.size
@@ -500,13 +498,7 @@ def run_strategies(args: argparse.Namespace) -> dict:
     # (a) active learning
     de.MATERIAL = "CuI"
     al_points, initial, summary = de.active_learning(workdir / "active_learning", settings)
-    store = make_job_store(StoreSettings(local_path=workdir / "active_learning" / "store"))
-    store.connect()
-    result = None
-    for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
-        out = store.get_output(doc["uuid"], load=True)
-        if isinstance(out, dict) and "stop_reason" in out:
-            result = as_model(out, LoopResult)
+    store, result = de.loop_result(workdir / "active_learning" / "store")
     fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
     e0s = al_points[0]["ensemble"].e0s
     curves: dict[str, list[dict]] = {
@@ -652,8 +644,6 @@ def energy_offsets(args: argparse.Namespace) -> None:
     from active_mlip.makers.ensemble import EnsembleCalculator
     from active_mlip.makers.labelling import CHGNetLabeller
     from active_mlip.makers.schemas import EnsembleDocument
-    from active_mlip.stores.job_store import StoreSettings, make_job_store
-    from active_mlip.workflows.state import LoopResult
 
     de = _data_efficiency()
     r0 = de.ground_state()
@@ -665,17 +655,9 @@ def energy_offsets(args: argparse.Namespace) -> None:
     e_ref = np.array([f.energy for f in frames]) - ground.get_potential_energy()
     tag = args.size if args.iterations is None else f"{args.size}_it{args.iterations}"
     for seed in args.seeds:
-        store = make_job_store(
-            StoreSettings(
-                local_path=args.workdir / f"seed{seed}_{tag}" / "active_learning" / "store"
-            )
+        store, result = de.loop_result(
+            args.workdir / f"seed{seed}_{tag}" / "active_learning" / "store"
         )
-        store.connect()
-        result = None
-        for doc in store.query({"name": {"$regex": "(decide|proceed)$"}}, properties=["uuid"]):
-            out = store.get_output(doc["uuid"], load=True)
-            if isinstance(out, dict) and "stop_reason" in out:
-                result = as_model(out, LoopResult)
         for name, h in (("first", result.state.history[0]), ("last", result.state.history[-1])):
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
             calc = EnsembleCalculator.from_document(ens, device="auto", compute_stress=False)
