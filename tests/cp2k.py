@@ -59,7 +59,11 @@ def cp2k_environment(data_dir: Path) -> dict[str, str]:
 
 
 def light_cp2k(
-    elements: list[str], cutoff: float = 150, rel_cutoff: float = 30, eps_default: float = 1e-8
+    elements: list[str],
+    cutoff: float = 150,
+    rel_cutoff: float = 30,
+    eps_default: float = 1e-8,
+    eps_scf: float = 1e-6,
 ) -> dict:
     """A CP2K input light enough for CI (Γ point, DZVP-MOLOPT-SR, low cutoff).
 
@@ -76,7 +80,7 @@ def light_cp2k(
             "basis_and_potential": basis,
             "cutoff": cutoff,
             "rel_cutoff": rel_cutoff,
-            "eps_scf": 1e-6,
+            "eps_scf": eps_scf,
             "eps_default": eps_default,
             "eps_pgf_orb": None,
             "ot": False,

@@ -8,10 +8,6 @@ of CP2K's forces with its own energy, not accuracy.
 
 from __future__ import annotations
 
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +19,7 @@ from active_mlip.core.frames import Frame
 from active_mlip.makers.labelling import Atomate2Labeller, LabelMaker
 from active_mlip.makers.schemas import LabelledBatch
 from active_mlip.stores.job_store import StoreSettings, make_job_store
-from tests.external import unavailable
-
-CP2K_SHARE = Path("/usr/share/cp2k")
-
-
-def _cp2k_cmd() -> str:
-    from atomate2 import SETTINGS
-
-    return shlex.split(SETTINGS.CP2K_CMD)[0]
-
+from tests.cp2k import cp2k_environment, light_cp2k, pymatgen_cp2k_data, require_cp2k
 
 pytestmark = pytest.mark.dft
 
@@ -40,30 +27,11 @@ pytestmark = pytest.mark.dft
 @pytest.fixture(autouse=True)
 def cp2k_installed() -> None:
     """Skip without CP2K on a developer's machine; fail under CI."""
-    if shutil.which(_cp2k_cmd()) is None:
-        unavailable("CP2K", f"binary {_cp2k_cmd()!r} not on PATH (apt-get install -y cp2k)")
-    if not (CP2K_SHARE / "BASIS_MOLOPT").is_file():
-        unavailable("CP2K data", "cp2k-data: /usr/share/cp2k/BASIS_MOLOPT not installed")
+    require_cp2k()
 
 
 #: Light but tightly converged: consistency of forces and energy is what is tested.
-LIGHT_CP2K = {
-    "user_input_settings": {
-        "basis_and_potential": {
-            "Si": {"basis": "DZVP-MOLOPT-SR-GTH", "potential": "GTH-PBE", "aux_basis": None}
-        },
-        "cutoff": 200,
-        "rel_cutoff": 40,
-        "eps_scf": 1e-8,
-        "eps_default": 1e-10,
-        "eps_pgf_orb": None,
-        # atomate2 0.1.5's parser needs UKS (it fails on RKS outputs), so keep the
-        # default spin_polarized=True; diagonalisation converges faster than OT here.
-        "ot": False,
-        "alpha": 0.3,
-    },
-    "user_kpoints_settings": None,  # Gamma point
-}
+LIGHT_CP2K = light_cp2k(["Si"], cutoff=200, rel_cutoff=40, eps_default=1e-10, eps_scf=1e-8)
 
 
 def as_batch(output) -> LabelledBatch:
@@ -73,19 +41,8 @@ def as_batch(output) -> LabelledBatch:
 
 @pytest.fixture(scope="session")
 def cp2k_yaml_dir(tmp_path_factory) -> Path:
-    """pymatgen's per-element YAML data, built from only the two files the test needs
-    (``pmg config --cp2k`` over all of /usr/share/cp2k takes ~35 s; this takes ~3 s)."""
-    src = tmp_path_factory.mktemp("cp2k_src")
-    for name in ("BASIS_MOLOPT", "GTH_POTENTIALS"):
-        (src / name).symlink_to(CP2K_SHARE / name)
-    out = tmp_path_factory.mktemp("cp2k_yaml") / "data"  # pmg wants to create it
-    pmg = Path(sys.executable).parent / "pmg"  # the venv's pmg
-    pmg_cmd = str(pmg) if pmg.exists() else (shutil.which("pmg") or "pmg")
-    proc = subprocess.run(
-        [pmg_cmd, "config", "--cp2k", str(src), str(out)], capture_output=True, text=True
-    )
-    assert (out / "Si").is_file(), proc.stdout + proc.stderr
-    return out
+    """pymatgen's per-element YAML data (:func:`tests.cp2k.pymatgen_cp2k_data`)."""
+    return pymatgen_cp2k_data(tmp_path_factory.mktemp("cp2k"))
 
 
 @pytest.fixture
@@ -93,10 +50,7 @@ def cp2k_env(cp2k_yaml_dir, monkeypatch):
     from pymatgen.core import SETTINGS
 
     # pymatgen read PMG_* variables at import: set both the env and its settings dict.
-    for key, value in {
-        "PMG_CP2K_DATA_DIR": str(cp2k_yaml_dir),
-        "PMG_DEFAULT_CP2K_FUNCTIONAL": "PBE",
-    }.items():
+    for key, value in cp2k_environment(cp2k_yaml_dir).items():
         monkeypatch.setenv(key, value)
         monkeypatch.setitem(SETTINGS, key, value)
     monkeypatch.delenv("CP2K_DATA_DIR", raising=False)
