@@ -462,11 +462,8 @@ def run_strategies(args: argparse.Namespace) -> dict:
     from active_mlip.core.frames import write_extxyz
     from active_mlip.stores.job_store import StoreSettings, make_job_store
 
-    size = dict(SIZES[args.size])
-    tag = args.size
-    if args.iterations is not None:  # a longer loop: its own work directory
-        size["iterations"] = args.iterations
-        tag = f"{args.size}_it{args.iterations}"
+    size = run_size(args)
+    tag = run_tag(args)
     t_start = time.time()
     workdir = args.workdir / f"seed{args.seed}_{tag}"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -488,9 +485,10 @@ def run_strategies(args: argparse.Namespace) -> dict:
     # AL starts from aiMD-sequential's first frames; its test set is the next frames.
     write_extxyz(aimd.first(n0 + nt), start_file)
     settings = de.settings_for(size, list(args.temperatures), args.seed, 2.0, start_file)
-    settings = settings.model_copy(
-        update={"loop": settings.loop.model_copy(update={"trajectory_split": "time"})}
-    )
+    update = {"loop": settings.loop.model_copy(update={"trajectory_split": "time"})}
+    if size.get("period"):
+        update["selection"] = settings.selection.model_copy(update={"mode": "period"})
+    settings = settings.model_copy(update=update)
 
     def scorer(ensemble: Any) -> dict:
         return score_events(ensemble, held)
@@ -561,6 +559,8 @@ def run_strategies(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "size": args.size,
         "iterations": size["iterations"],
+        "md_steps": size["md_steps"],
+        "selection_mode": "period" if size.get("period") else "probabilistic",
         "temperatures": list(args.temperatures),
         "labels_al": n_end,
         "al_stop": summary["stop_reason"],
@@ -572,6 +572,109 @@ def run_strategies(args: argparse.Namespace) -> dict:
     (workdir / "rare_events.json").write_text(json.dumps(out, indent=1))
     log(f"seed {args.seed}: {workdir / 'rare_events.json'} ({out['wall_seconds']:.0f} s)")
     return out
+
+
+def spread(references: Sequence[Reference], n: int) -> list[Frame]:
+    """``n`` frames spread evenly in time over the training parts, the temperatures in turn."""
+    k = len(references)
+    out = []
+    for j, ref in enumerate(references):
+        m = n // k + (j < n % k)
+        idx = np.linspace(0, len(ref.train) - 1, m).round().astype(int)
+        out += [(i, j, ref.frames[ref.train[i]]) for i in idx]
+    out.sort(key=lambda x: (x[0] / len(references[x[1]].train), x[1]))
+    return [
+        f.model_copy(update={"info": {"source": "reference-md", "index": i}})
+        for i, (_, _, f) in enumerate(out)
+    ]
+
+
+def ceiling(args: argparse.Namespace) -> None:
+    """Diagnostic: the same training on frames spread over the whole training parts.
+
+    aiMD-sequential sees only the first picoseconds of each reference; the held-out part
+    is defect-rich. Frames spread evenly over the training parts are the best data a
+    time split allows, so this ensemble's event error and rate ratio bound what any
+    strategy can reach with this model and labels. Reuses the seed's active-learning run
+    (its E0s, force constants and training settings).
+    """
+    from active_mlip.core.documents import as_model
+    from active_mlip.makers.schemas import EnsembleDocument
+    from active_mlip.stores.job_store import StoreSettings, make_job_store
+
+    de = _data_efficiency()
+    size = run_size(args)
+    r0 = de.ground_state()
+    refs = [
+        Reference.load(args.references / f"cui_{t:g}K.extxyz", t, r0) for t in args.temperatures
+    ]
+    held = {r.temperature: r.held_out(size["held_stride"]) for r in refs}
+    source = args.workdir / f"seed{args.seed}_{args.size}"
+    store, result = de.loop_result(source / "active_learning" / "store")
+    fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
+    first = as_model(
+        store.get_output(result.state.history[0].ensemble_uuid, load=True), EnsembleDocument
+    )
+    settings = de.settings_for(
+        size, list(args.temperatures), args.seed, 2.0, source / "initial.extxyz"
+    )
+    if args.epochs is not None:
+        training = settings.training.model_copy(update={"max_num_epochs": args.epochs})
+        settings = settings.model_copy(update={"training": training})
+    bstore = make_job_store(StoreSettings(local_path=source / "ceiling_store"))
+    bstore.connect()
+    out = []
+    for n in args.labels:
+        t0 = time.time()
+        frames = spread(refs, n)
+        ensemble = de.train(bstore, de.grow([], frames, settings, 0), settings, first.e0s, None, r0)
+        scores = score_events(ensemble, held)
+        rate = event_rate_ratio(ensemble, refs[0], size["rate_frames"], fc, 7000 + args.seed)
+        t = f"{refs[0].temperature:g}K"
+        row = {
+            "labels": n,
+            "events_in_pool": _n_event_frames(frames, r0),
+            "event_mae": scores[t]["event"],
+            "rest_mae": scores[t]["rest"],
+            "rate_ratio": rate["rate_ratio"],
+            "mlip_events": rate["mlip_events"],
+            "reference_events": rate["reference_events"],
+            "blew_up": rate["blew_up"],
+        }
+        out.append(row)
+        log(
+            f"spread frames, {n} labels ({row['events_in_pool']} with an event): event-atom "
+            f"{row['event_mae']:.0f} / other {row['rest_mae']:.0f} meV/Å at {t}, rate ratio "
+            f"{row['rate_ratio']:.2f} ({row['mlip_events']} vs {row['reference_events']}"
+            f"{', blew up' if row['blew_up'] else ''}) ({time.time() - t0:.0f} s)"
+        )
+    path = source / f"ceiling_e{args.epochs or 'preset'}.json"
+    path.write_text(json.dumps(out, indent=1))
+    log(f"ceiling: {path}")
+
+
+def run_size(args: argparse.Namespace) -> dict[str, Any]:
+    """The size's settings with ``run``'s overrides (iterations, exploration length, mode)."""
+    size = dict(SIZES[args.size])
+    if getattr(args, "iterations", None) is not None:
+        size["iterations"] = args.iterations
+    if getattr(args, "explore_ps", None) is not None:
+        size["md_steps"] = round(args.explore_ps * 1000 / TIMESTEP_FS)
+    if getattr(args, "period", False):
+        size["period"] = True
+    return size
+
+
+def run_tag(args: argparse.Namespace) -> str:
+    """A run's work-directory tag: the size, then each override (its own directory)."""
+    tag = args.size
+    if getattr(args, "iterations", None) is not None:
+        tag += f"_it{args.iterations}"
+    if getattr(args, "explore_ps", None) is not None:
+        tag += f"_md{args.explore_ps:g}ps"
+    if getattr(args, "period", False):
+        tag += "_period"
+    return tag
 
 
 def _data_efficiency() -> Any:
@@ -653,7 +756,7 @@ def energy_offsets(args: argparse.Namespace) -> None:
     ground = r0.unlabelled().to_atoms()
     ground.calc = CHGNetLabeller().get_calculator()
     e_ref = np.array([f.energy for f in frames]) - ground.get_potential_energy()
-    tag = args.size if args.iterations is None else f"{args.size}_it{args.iterations}"
+    tag = run_tag(args)
     for seed in args.seeds:
         store, result = de.loop_result(
             args.workdir / f"seed{seed}_{tag}" / "active_learning" / "store"
@@ -862,6 +965,26 @@ def main(argv: list[str] | None = None) -> None:
     off.add_argument("--iterations", type=int, default=None, help="as given to run")
     off.add_argument("--references", type=Path, default=Path("runs/rare"))
     off.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    for p in (run, off):
+        p.add_argument(
+            "--explore-ps",
+            type=float,
+            default=None,
+            help="MLIP-MD budget of one exploration (ps; the size's otherwise)",
+        )
+        p.add_argument(
+            "--period",
+            action="store_true",
+            help="selection mode 'period': run the whole budget, keep the highest-U accepted",
+        )
+    ceil = sub.add_parser("ceiling", help="diagnostic: training on frames spread over time")
+    ceil.add_argument("--seed", type=int, default=0, help="whose AL run to reuse")
+    ceil.add_argument("--size", choices=sorted(SIZES), default="small")
+    ceil.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
+    ceil.add_argument("--labels", type=int, nargs="+", default=[60, 180])
+    ceil.add_argument("--epochs", type=int, default=None, help="scratch epochs (preset's)")
+    ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
+    ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
     ship.add_argument("trajectories", type=Path, nargs="+", help="cui_<T>K.extxyz files")
     rep = sub.add_parser("report", help="table and plot of the seeds' runs")
@@ -876,6 +999,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.step == "energies":
         energy_offsets(args)
+        return
+    if args.step == "ceiling":
+        ceiling(args)
         return
     if args.step == "ship":
         from active_mlip.core.frames import read_frames
