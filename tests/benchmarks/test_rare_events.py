@@ -9,6 +9,7 @@ from ase.build import bulk
 from active_mlip.core.frames import Frame
 from active_mlip.makers.reference_md import EventSettings
 from benchmarks.rare_events import (
+    RATE_STARTS,
     Reference,
     Sequential,
     event_atoms,
@@ -18,8 +19,11 @@ from benchmarks.rare_events import (
     offset_per_event_atom,
     rate_ratio,
     read_npz,
+    run_size,
+    run_tag,
     shortest_bond,
     sigma_a_series,
+    spread,
     target_check,
     time_split,
     write_npz,
@@ -142,6 +146,34 @@ def test_aimd_sequential_takes_each_training_part_in_time_order_in_turn():
         Sequential([a, b]).first(11)  # beyond both training parts (5 + 5 frames)
 
 
+def test_spread_frames_cover_each_training_part_evenly_in_time():
+    def part(t: float) -> Reference:  # 10 frames told apart by a shift; training part 0-4
+        frames = [
+            CU.model_copy(update={"positions": (R0 + 0.001 * k + t / 1e5).tolist()})
+            for k in range(10)
+        ]
+        return Reference(t, frames, CU, range(5), range(7, 10), np.zeros((10, 32), bool))
+
+    a, b = part(300.0), part(420.0)
+    picked = spread([a, b], 5)  # 3 of a (frames 0, 2, 4), 2 of b (frames 0, 4), by time
+    expected = [a.frames[0], b.frames[0], a.frames[2], a.frames[4], b.frames[4]]
+    assert [f.positions for f in picked] == [f.positions for f in expected]
+    assert [f.info["index"] for f in picked] == [0, 1, 2, 3, 4]
+    # the whole training part and nothing past it (held-out frames start at 7)
+    assert [f.positions for f in spread([a], 5)] == [f.positions for f in a.frames[:5]]
+
+
+def test_run_overrides_get_their_own_work_directory():
+    from argparse import Namespace
+
+    plain = Namespace(size="small", iterations=None, explore_ps=None, period=False)
+    assert run_tag(plain) == "small" and run_size(plain)["md_steps"] == 800
+    long = Namespace(size="small", iterations=8, explore_ps=10.0, period=True)
+    assert run_tag(long) == "small_it8_md10ps_period"
+    size = run_size(long)
+    assert size["md_steps"] == 2500 and size["iterations"] == 8 and size["period"]
+
+
 def _point(labels: int, event: float) -> dict:
     return {"labels": labels, "300K": {"event": event, "rest": 10.0}}
 
@@ -208,7 +240,7 @@ def test_smoke_run_and_report_on_the_shipped_trajectories(tmp_path, capsys):
         "random MLIP-MD",
     }
     for r in run["rates"].values():
-        assert r["reference_events"] >= 0 and len(r["sigma_a_reference"]) == 2 * 6
+        assert r["reference_events"] >= 0 and len(r["sigma_a_reference"]) == len(RATE_STARTS) * 6
     main(
         [
             "report",
