@@ -612,7 +612,7 @@ def ceiling(args: argparse.Namespace) -> None:
         Reference.load(args.references / f"cui_{t:g}K.extxyz", t, r0) for t in args.temperatures
     ]
     held = {r.temperature: r.held_out(size["held_stride"]) for r in refs}
-    source = args.workdir / f"seed{args.seed}_{args.size}"
+    source = args.workdir / f"seed{args.seed}_{args.run or args.size}"
     store, result = de.loop_result(source / "active_learning" / "store")
     fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
     first = as_model(
@@ -621,15 +621,24 @@ def ceiling(args: argparse.Namespace) -> None:
     settings = de.settings_for(
         size, list(args.temperatures), args.seed, 2.0, source / "initial.extxyz"
     )
-    if args.epochs is not None:
-        training = settings.training.model_copy(update={"max_num_epochs": args.epochs})
-        settings = settings.model_copy(update={"training": training})
+    overrides = {
+        k: v
+        for k, v in (("max_num_epochs", args.epochs), ("energy_weight", args.energy_weight))
+        if v is not None
+    }
+    settings = settings.model_copy(
+        update={"training": settings.training.model_copy(update=overrides)}
+    )
+    al_pool = list(result.state.train.frames)
+    offsets = OffsetProbe(ref=refs[0], stride=size["held_stride"])
     bstore = make_job_store(StoreSettings(local_path=source / "ceiling_store"))
     bstore.connect()
     out = []
-    for n in args.labels:
+    for n in [len(al_pool)] if args.frames == "al" else args.labels:
         t0 = time.time()
-        frames = spread(refs, n)
+        # the AL run's own final pool (n ignored) tells the recipe from the data
+        frames = al_pool if args.frames == "al" else spread(refs, n)
+        n = len(frames)
         ensemble = de.train(bstore, de.grow([], frames, settings, 0), settings, first.e0s, None, r0)
         scores = score_events(ensemble, held)
         rate = event_rate_ratio(ensemble, refs[0], size["rate_frames"], fc, 7000 + args.seed)
@@ -643,15 +652,19 @@ def ceiling(args: argparse.Namespace) -> None:
             "mlip_events": rate["mlip_events"],
             "reference_events": rate["reference_events"],
             "blew_up": rate["blew_up"],
+            "offset_meV_per_event_atom": 1000 * offsets.slope(ensemble),
         }
         out.append(row)
         log(
-            f"spread frames, {n} labels ({row['events_in_pool']} with an event): event-atom "
+            f"{args.frames} frames, {n} labels ({row['events_in_pool']} with an event): event-atom "
             f"{row['event_mae']:.0f} / other {row['rest_mae']:.0f} meV/Å at {t}, rate ratio "
             f"{row['rate_ratio']:.2f} ({row['mlip_events']} vs {row['reference_events']}"
-            f"{', blew up' if row['blew_up'] else ''}) ({time.time() - t0:.0f} s)"
+            f"{', blew up' if row['blew_up'] else ''}), off-site atoms "
+            f"{row['offset_meV_per_event_atom']:+.0f} meV too high ({time.time() - t0:.0f} s)"
         )
-    path = source / f"ceiling_e{args.epochs or 'preset'}.json"
+    path = source / (
+        f"ceiling_{args.frames}_e{args.epochs or 'preset'}_w{args.energy_weight or 'preset'}.json"
+    )
     path.write_text(json.dumps(out, indent=1))
     log(f"ceiling: {path}")
 
@@ -777,21 +790,43 @@ def offset_per_event_atom(
     return float(slope), float(intercept)
 
 
+class OffsetProbe:
+    """Held-out 300 K frames and their reference energies relative to R0 (CHGNet)."""
+
+    def __init__(self, ref: Reference, stride: int):
+        from active_mlip.makers.labelling import CHGNetLabeller
+
+        self.frames, mask = ref.held_out(stride)
+        self.n_event = mask.sum(axis=1)
+        self.ground = ref.r0.unlabelled().to_atoms()
+        self.ground.calc = CHGNetLabeller().get_calculator()
+        e0 = self.ground.get_potential_energy()
+        self.e_ref = np.array([f.energy for f in self.frames]) - e0
+
+    def fit(self, ensemble: Any) -> tuple[float, float]:
+        """(eV per atom in an event, intercept eV) of the ensemble's energy gaps."""
+        from active_mlip.makers.ensemble import EnsembleCalculator
+
+        calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
+        self.ground.calc = calc
+        m0 = self.ground.get_potential_energy()
+        atoms = [f.unlabelled().to_atoms() for f in self.frames]
+        pred = np.array([r["energy"] for r in calc.evaluate(atoms, batch_size=8)]) - m0
+        return offset_per_event_atom(pred - self.e_ref, self.n_event)
+
+    def slope(self, ensemble: Any) -> float:
+        return self.fit(ensemble)[0]
+
+
 def energy_offsets(args: argparse.Namespace) -> None:
     """Per seed: how much too high the first and last AL ensembles put off-site atoms."""
     from active_mlip.core.documents import as_model
-    from active_mlip.makers.ensemble import EnsembleCalculator
-    from active_mlip.makers.labelling import CHGNetLabeller
     from active_mlip.makers.schemas import EnsembleDocument
 
     de = _data_efficiency()
     r0 = de.ground_state()
     ref = Reference.load(args.references / "cui_300K.extxyz", 300.0, r0)
-    frames, mask = ref.held_out(SIZES[args.size]["held_stride"])
-    n_event = mask.sum(axis=1)
-    ground = r0.unlabelled().to_atoms()
-    ground.calc = CHGNetLabeller().get_calculator()
-    e_ref = np.array([f.energy for f in frames]) - ground.get_potential_energy()
+    probe = OffsetProbe(ref, SIZES[args.size]["held_stride"])
     tag = run_tag(args)
     for seed in args.seeds:
         store, result = de.loop_result(
@@ -799,16 +834,11 @@ def energy_offsets(args: argparse.Namespace) -> None:
         )
         for name, h in (("first", result.state.history[0]), ("last", result.state.history[-1])):
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
-            calc = EnsembleCalculator.from_document(ens, device="auto", compute_stress=False)
-            ground.calc = calc
-            m0 = ground.get_potential_energy()
-            atoms = [f.unlabelled().to_atoms() for f in frames]
-            pred = np.array([r["energy"] for r in calc.evaluate(atoms, batch_size=8)]) - m0
-            slope, intercept = offset_per_event_atom(pred - e_ref, n_event)
+            slope, intercept = probe.fit(ens)
             print(
                 f"seed {seed}, {name} ensemble ({h.n_train} labels): held-out 300 K frames "
-                f"(mean {n_event.mean():.1f} atoms in an event) put {1000 * slope:+.0f} meV "
-                f"per atom in an event too high (intercept {intercept:+.3f} eV)",
+                f"(mean {probe.n_event.mean():.1f} atoms in an event) put {1000 * slope:+.0f} "
+                f"meV per atom in an event too high (intercept {intercept:+.3f} eV)",
                 flush=True,
             )
 
@@ -1025,6 +1055,14 @@ def main(argv: list[str] | None = None) -> None:
     ceil.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 420.0])
     ceil.add_argument("--labels", type=int, nargs="+", default=[60, 180])
     ceil.add_argument("--epochs", type=int, default=None, help="scratch epochs (preset's)")
+    ceil.add_argument("--energy-weight", type=float, default=None, help="(the preset's)")
+    ceil.add_argument(
+        "--frames",
+        choices=("spread", "al"),
+        default="spread",
+        help="'spread': reference frames over the training parts; 'al': the AL run's pool",
+    )
+    ceil.add_argument("--run", default=None, help="the AL run's tag (default: the size)")
     ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
     ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
