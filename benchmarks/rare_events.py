@@ -38,11 +38,19 @@ MACE preset at 2 members, warm-started per round):
 Every point is scored on every 5th held-out frame (force MAE on the atoms in an event
 and on the rest, per temperature). The event rate and σ^A are measured at 300 K for the
 first ensemble, the last of each strategy and aiMD-sequential at active learning's
-labels: two MLIP-MDs of 3 ps from held-out frames, events that start after their
+labels: four MLIP-MDs of 3 ps from held-out frames, events that start after their
 first frame counted against the reference's over the same windows::
 
     python benchmarks/rare_events.py run --seed 0 --workdir runs/rare   # ~1 h on 2 cores
     python benchmarks/rare_events.py report runs/rare/seed*_small/rare_events.json
+
+Explorations that reach the defect-rich states (session 15): ``--explore-ps 10 --period``
+runs 10 ps of MLIP-MD per walker and iteration and keeps the accepted frames with the
+highest uncertainty; ``--no-sequential`` skips aiMD-sequential, whose curve ``report
+--sequential-from`` then takes from a full run of the same seed. Diagnostics: ``ceiling``
+(the same training on reference frames spread over the whole training parts, or on an AL
+run's own pool), ``rates`` (re-measures finished runs' event rates in today's windows),
+``energies`` (how much too high the ensembles put off-site atoms).
 """
 
 from __future__ import annotations
@@ -872,14 +880,38 @@ def target_check(run: dict) -> dict:
     }
 
 
-def report(paths: list[Path], plot_path: Path) -> None:
+def load_runs(paths: Sequence[Path], sequential_from: Sequence[Path] = ()) -> list[dict]:
+    """Runs' results; a run without aiMD-sequential (``run --no-sequential``) takes that
+    curve from the run of the same seed in ``sequential_from`` (the curve depends only on
+    the seed and the reference; its event rates, measured in other windows, are not taken).
+    """
+    runs = [json.loads(p.read_text()) for p in paths]
+    donors = {}
+    for path in sequential_from:
+        donor = json.loads(path.read_text())
+        donors[donor["seed"]] = (path, donor)
+    for run in runs:
+        if "aiMD-sequential" in run["curves"]:
+            continue
+        if run["seed"] not in donors:
+            raise ValueError(
+                f"seed {run['seed']} has no aiMD-sequential curve; give a run of that seed "
+                "that has one with --sequential-from"
+            )
+        path, donor = donors[run["seed"]]
+        run["curves"]["aiMD-sequential"] = donor["curves"]["aiMD-sequential"]
+        run["sequential_from"] = str(path)
+    return runs
+
+
+def report(paths: list[Path], plot_path: Path, sequential_from: Sequence[Path] = ()) -> None:
     """Print the table of every seed and draw the three measures against labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [json.loads(p.read_text()) for p in paths]
+    runs = load_runs(paths, sequential_from)
     t = f"{runs[0]['temperatures'][0]:g}K"
     hot = [f"{x:g}K" for x in runs[0]["temperatures"][1:]]
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=90)
@@ -887,7 +919,7 @@ def report(paths: list[Path], plot_path: Path) -> None:
     for k, run in enumerate(runs):
         m = markers[k % len(markers)]
         for name in STRATEGIES:
-            c = run["curves"][name]
+            c = run["curves"].get(name, [])
             x = [p["labels"] for p in c]
             lab = f"{name}" if k == 0 else None
             kw = dict(color=COLOURS[name], marker=m, ms=4, lw=1, alpha=0.8)
@@ -901,8 +933,9 @@ def report(paths: list[Path], plot_path: Path) -> None:
             "active learning": run["labels_al"],
             "aiMD-sequential at AL's labels": run["labels_al"],
             "aiMD-sequential, full budget": run["curves"]["aiMD-sequential"][-1]["labels"],
-            "random MLIP-MD": run["curves"]["random MLIP-MD"][-1]["labels"],
         }
+        if "random MLIP-MD" in run["curves"]:
+            at["random MLIP-MD"] = run["curves"]["random MLIP-MD"][-1]["labels"]
         for name, r in rates.items():
             colour = (
                 "grey" if name == "first ensemble" else COLOURS[name.split(" at")[0].split(",")[0]]
@@ -926,6 +959,8 @@ def report(paths: list[Path], plot_path: Path) -> None:
                 ("active learning", COLOURS["active learning"]),
                 ("aiMD-sequential, full budget", COLOURS["aiMD-sequential"]),
             ):
+                if name not in rates:
+                    continue
                 axes[1, 1].hist(
                     rates[name]["sigma_a_mlip"],
                     bins=bins,
@@ -980,8 +1015,10 @@ def report(paths: list[Path], plot_path: Path) -> None:
         for name in STRATEGIES:
             row = ", ".join(
                 f"{p['labels']}: {p[t]['event']:.0f}/{p[t]['rest']:.0f}"
-                for p in run["curves"][name]
+                for p in run["curves"].get(name, [])
             )
+            if name == "aiMD-sequential" and "sequential_from" in run:
+                row += f" (from {run['sequential_from']})"
             print(f"{run['seed']:>4} {name:16s} {row}")
     print("\nevent rate MLIP-MD / reference (events: MLIP-MD vs reference, same windows)")
     for run in runs:
@@ -1070,12 +1107,19 @@ def main(argv: list[str] | None = None) -> None:
     rep = sub.add_parser("report", help="table and plot of the seeds' runs")
     rep.add_argument("runs", type=Path, nargs="+", help="rare_events.json of each seed")
     rep.add_argument("--plot", type=Path, default=Path("benchmarks/results/rare_events.png"))
+    rep.add_argument(
+        "--sequential-from",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="runs (rare_events.json) whose aiMD-sequential curve fills in for runs without",
+    )
     args = parser.parse_args(argv)
     if args.step == "run":
         run_strategies(args)
         return
     if args.step == "report":
-        report(args.runs, args.plot)
+        report(args.runs, args.plot, args.sequential_from)
         return
     if args.step == "energies":
         energy_offsets(args)
