@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from ase.build import bulk
@@ -16,6 +18,7 @@ from benchmarks.rare_events import (
     event_force_errors,
     event_rate,
     events,
+    load_runs,
     offset_per_event_atom,
     rate_ratio,
     read_npz,
@@ -172,6 +175,27 @@ def test_run_overrides_get_their_own_work_directory():
     assert run_tag(long) == "small_it8_md10ps_period"
     size = run_size(long)
     assert size["md_steps"] == 2500 and size["iterations"] == 8 and size["period"]
+
+
+def test_a_run_without_aimd_sequential_takes_that_curve_from_the_same_seed(tmp_path):
+    import json
+
+    def write(name: str, seed: int, curves: dict) -> Path:
+        path = tmp_path / name
+        path.write_text(json.dumps({"seed": seed, "curves": curves}))
+        return path
+
+    aimd = [_point(32, 170.0), _point(180, 75.0)]
+    full = [
+        write("full0.json", 0, {"aiMD-sequential": [_point(1, 1.0)]}),
+        write("full1.json", 1, {"aiMD-sequential": aimd}),
+    ]
+    lean = write("lean1.json", 1, {"active learning": [_point(60, 70.0)]})
+    (run,) = load_runs([lean], full)
+    assert run["curves"]["aiMD-sequential"] == aimd  # seed 1's, not seed 0's
+    assert run["sequential_from"].endswith("full1.json")
+    with pytest.raises(ValueError, match="seed 1 has no aiMD-sequential curve"):
+        load_runs([lean], full[:1])
 
 
 def _point(labels: int, event: float) -> dict:
