@@ -634,6 +634,9 @@ def ceiling(args: argparse.Namespace) -> None:
         for k, v in (("max_num_epochs", args.epochs), ("energy_weight", args.energy_weight))
         if v is not None
     }
+    for item in args.training:  # e.g. num_channels=32 max_L=1
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
     settings = settings.model_copy(
         update={"training": settings.training.model_copy(update=overrides)}
     )
@@ -670,8 +673,10 @@ def ceiling(args: argparse.Namespace) -> None:
             f"{', blew up' if row['blew_up'] else ''}), off-site atoms "
             f"{row['offset_meV_per_event_atom']:+.0f} meV too high ({time.time() - t0:.0f} s)"
         )
+    extra = "".join(f"_{item}" for item in args.training)
     path = source / (
-        f"ceiling_{args.frames}_e{args.epochs or 'preset'}_w{args.energy_weight or 'preset'}.json"
+        f"ceiling_{args.frames}_e{args.epochs or 'preset'}_w{args.energy_weight or 'preset'}"
+        f"{extra}.json"
     )
     path.write_text(json.dumps(out, indent=1))
     log(f"ceiling: {path}")
@@ -1100,6 +1105,13 @@ def main(argv: list[str] | None = None) -> None:
         help="'spread': reference frames over the training parts; 'al': the AL run's pool",
     )
     ceil.add_argument("--run", default=None, help="the AL run's tag (default: the size)")
+    ceil.add_argument(
+        "--training",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more training settings, JSON values (e.g. num_channels=32 max_L=1)",
+    )
     ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
     ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
