@@ -642,7 +642,12 @@ def ceiling(args: argparse.Namespace) -> None:
     )
     al_pool = list(result.state.train.frames)
     offsets = OffsetProbe(ref=refs[0], stride=size["held_stride"])
-    bstore = make_job_store(StoreSettings(local_path=source / "ceiling_store"))
+    extra = "".join(f"_{item}" for item in args.training)
+    tag = (
+        f"ceiling_{args.frames}_e{args.epochs or 'preset'}_w{args.energy_weight or 'preset'}{extra}"
+    )
+    # one store per variant, so that variants can run side by side
+    bstore = make_job_store(StoreSettings(local_path=source / f"{tag}_store"))
     bstore.connect()
     out = []
     for n in [len(al_pool)] if args.frames == "al" else args.labels:
@@ -673,11 +678,7 @@ def ceiling(args: argparse.Namespace) -> None:
             f"{', blew up' if row['blew_up'] else ''}), off-site atoms "
             f"{row['offset_meV_per_event_atom']:+.0f} meV too high ({time.time() - t0:.0f} s)"
         )
-    extra = "".join(f"_{item}" for item in args.training)
-    path = source / (
-        f"ceiling_{args.frames}_e{args.epochs or 'preset'}_w{args.energy_weight or 'preset'}"
-        f"{extra}.json"
-    )
+    path = source / f"{tag}.json"
     path.write_text(json.dumps(out, indent=1))
     log(f"ceiling: {path}")
 
