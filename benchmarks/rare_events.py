@@ -495,7 +495,11 @@ def run_strategies(args: argparse.Namespace) -> dict:
     # AL starts from aiMD-sequential's first frames; its test set is the next frames.
     write_extxyz(aimd.first(n0 + nt), start_file)
     settings = de.settings_for(size, list(args.temperatures), args.seed, 2.0, start_file)
-    update = {"loop": settings.loop.model_copy(update={"trajectory_split": "time"})}
+    update = {
+        "loop": settings.loop.model_copy(update={"trajectory_split": "time"}),
+        # the same training for every strategy, overrides included
+        "training": validated(settings.training, training_overrides(args.training)),
+    }
     if size.get("period"):
         update["selection"] = settings.selection.model_copy(update={"mode": "period"})
     settings = settings.model_copy(update=update)
@@ -634,12 +638,8 @@ def ceiling(args: argparse.Namespace) -> None:
         for k, v in (("max_num_epochs", args.epochs), ("energy_weight", args.energy_weight))
         if v is not None
     }
-    for item in args.training:  # e.g. num_channels=32 max_L=1
-        key, _, value = item.partition("=")
-        overrides[key] = json.loads(value)
-    settings = settings.model_copy(
-        update={"training": settings.training.model_copy(update=overrides)}
-    )
+    overrides.update(training_overrides(args.training))  # e.g. num_channels=32 max_L=1
+    settings = settings.model_copy(update={"training": validated(settings.training, overrides)})
     al_pool = list(result.state.train.frames)
     offsets = OffsetProbe(ref=refs[0], stride=size["held_stride"])
     extra = "".join(f"_{item}" for item in args.training)
@@ -728,6 +728,28 @@ def run_size(args: argparse.Namespace) -> dict[str, Any]:
     return size
 
 
+def training_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items (JSON values) as training-settings overrides."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a training override must read KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the value of {key!r} is not JSON: {value!r}") from err
+    return out
+
+
+def validated(training: Any, overrides: dict[str, Any]) -> Any:
+    """``training`` with ``overrides``, validated (an unknown key or bad value raises)."""
+    unknown = sorted(set(overrides) - set(type(training).model_fields))
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}")
+    return type(training).model_validate({**training.model_dump(), **overrides})
+
+
 def run_tag(args: argparse.Namespace) -> str:
     """A run's work-directory tag: the size, then each override (its own directory)."""
     tag = args.size
@@ -737,6 +759,8 @@ def run_tag(args: argparse.Namespace) -> str:
         tag += f"_md{args.explore_ps:g}ps"
     if getattr(args, "period", False):
         tag += "_period"
+    for item in getattr(args, "training", None) or []:
+        tag += f"_{item}"
     return tag
 
 
@@ -1078,6 +1102,13 @@ def main(argv: list[str] | None = None) -> None:
     off.add_argument("--references", type=Path, default=Path("runs/rare"))
     off.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     for p in (run, off):
+        p.add_argument(
+            "--training",
+            nargs="*",
+            default=[],
+            metavar="KEY=VALUE",
+            help="training settings for every strategy, JSON values (e.g. energy_weight=1000)",
+        )
         p.add_argument(
             "--explore-ps",
             type=float,

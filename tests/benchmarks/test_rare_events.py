@@ -29,6 +29,8 @@ from benchmarks.rare_events import (
     spread,
     target_check,
     time_split,
+    training_overrides,
+    validated,
     write_npz,
 )
 
@@ -175,6 +177,26 @@ def test_run_overrides_get_their_own_work_directory():
     assert run_tag(long) == "small_it8_md10ps_period"
     size = run_size(long)
     assert size["md_steps"] == 2500 and size["iterations"] == 8 and size["period"]
+    weighted = Namespace(**{**vars(plain), "training": ["energy_weight=1000"]})
+    assert run_tag(weighted) == "small_energy_weight=1000"
+
+
+def test_training_overrides_are_validated():
+    from active_mlip.makers.training import TrainingSettings
+
+    base = TrainingSettings(energy_weight=10.0)
+    over = training_overrides(["energy_weight=1000", "num_channels=32"])
+    assert over == {"energy_weight": 1000, "num_channels": 32}
+    t = validated(base, over)
+    assert (t.energy_weight, t.num_channels, base.energy_weight) == (1000.0, 32, 10.0)
+    with pytest.raises(ValueError, match="unknown training settings \\['energy_wieght'\\]"):
+        validated(base, {"energy_wieght": 1.0})
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        training_overrides(["energy_weight"])
+    with pytest.raises(ValueError, match="not JSON"):
+        training_overrides(["max_L=one"])
+    with pytest.raises(ValueError):
+        validated(base, {"max_L": 5})
 
 
 def test_a_run_without_aimd_sequential_takes_that_curve_from_the_same_seed(tmp_path):
