@@ -376,9 +376,13 @@ class Sequential:
 def mlip_md(ensemble: Any, start: Frame, temperature: float, n_frames: int, seed: int) -> dict:
     """Langevin MLIP-MD with the ensemble mean, the reference MD's step, friction and logging.
 
+    ``ensemble`` is an ensemble document, or an ASE calculator (the reference's own, for
+    the perfect-MLIP control).
+
     Returns the logged frames (MLIP forces) and whether it blew up (two atoms closer than
     1 Å: the run stops there).
     """
+    from ase.calculators.calculator import BaseCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
     from ase.units import fs
@@ -386,7 +390,10 @@ def mlip_md(ensemble: Any, start: Frame, temperature: float, n_frames: int, seed
     from active_mlip.makers.ensemble import EnsembleCalculator
 
     atoms = start.unlabelled().to_atoms()
-    atoms.calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
+    if isinstance(ensemble, BaseCalculator):  # the reference itself (``control``)
+        atoms.calc = ensemble
+    else:
+        atoms.calc = EnsembleCalculator.from_document(ensemble, device="auto", compute_stress=False)
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
     Stationary(atoms)
@@ -403,16 +410,18 @@ def mlip_md(ensemble: Any, start: Frame, temperature: float, n_frames: int, seed
 
 
 def event_rate_ratio(
-    ensemble: Any, ref: Reference, n_frames: int, fc: np.ndarray, seed: int
+    ensemble: Any, ref: Reference, n_frames: int, fc: np.ndarray | None, seed: int
 ) -> dict:
     """MLIP-MD's off-site event rate at ``ref``'s temperature over the reference's.
 
     MLIP-MDs start from held-out reference frames (:data:`RATE_STARTS`) and run
     ``n_frames`` logged frames each; events that start after the first frame are counted
     in them and in the reference over the same windows from the same frames. Also the σ^A
-    of the MLIP-MD frames and of the reference window (the paper's diagnostic).
+    of the MLIP-MD frames and of the reference window (the paper's diagnostic; skipped
+    without force constants ``fc``), and the counts per window.
     """
     held = list(ref.held)
+    windows: list[dict[str, int]] = []
     mlip_events = ref_events = mlip_frames = 0
     sigma_mlip: list[float] = []
     sigma_ref: list[float] = []
@@ -421,13 +430,17 @@ def event_rate_ratio(
         first = held[min(int(fraction * len(held)), len(held) - n_frames)]
         run = mlip_md(ensemble, ref.frames[first], ref.temperature, n_frames, seed + k)
         frames = [ref.frames[first], *run["frames"]]
-        mlip_events += sum(1 for _, s, _ in events([f.positions for f in frames], ref.r0) if s > 0)
+        n_mlip = sum(1 for _, s, _ in events([f.positions for f in frames], ref.r0) if s > 0)
+        n_ref = ref.new_events(first, n_frames + 1)
+        windows.append({"start": first, "mlip": n_mlip, "reference": n_ref})
+        mlip_events += n_mlip
+        ref_events += n_ref
         mlip_frames += len(run["frames"])
-        ref_events += ref.new_events(first, n_frames + 1)
-        sigma_mlip += sigma_a_series(run["frames"], ref.r0, fc).tolist()
-        sigma_ref += sigma_a_series(
-            ref.frames[first + 1 : first + 1 + n_frames], ref.r0, fc
-        ).tolist()
+        if fc is not None:
+            sigma_mlip += sigma_a_series(run["frames"], ref.r0, fc).tolist()
+            sigma_ref += sigma_a_series(
+                ref.frames[first + 1 : first + 1 + n_frames], ref.r0, fc
+            ).tolist()
         blew_up |= run["blew_up"]
     n_ref = n_frames * len(RATE_STARTS)
     mlip_rate, ref_rate = (
@@ -442,6 +455,7 @@ def event_rate_ratio(
         "blew_up": blew_up,
         "sigma_a_mlip": sigma_mlip,
         "sigma_a_reference": sigma_ref,
+        "windows": windows,
     }
 
 
@@ -681,6 +695,35 @@ def ceiling(args: argparse.Namespace) -> None:
     path = source / f"{tag}.json"
     path.write_text(json.dumps(out, indent=1))
     log(f"ceiling: {path}")
+
+
+def control(args: argparse.Namespace) -> None:
+    """The perfect-MLIP control: the reference labeller itself through the rate measure.
+
+    The same MLIP-MD (fresh velocities, its own noise) from the same held-out frames,
+    driven by CHGNet: its event-rate ratio differs from 1 only by the measure's scatter,
+    which bounds how tightly any MLIP's ratio can be judged.
+    """
+    from active_mlip.makers.labelling import CHGNetLabeller
+
+    de = _data_efficiency()
+    r0 = de.ground_state()
+    ref = Reference.load(args.references / "cui_300K.extxyz", 300.0, r0)
+    calc = CHGNetLabeller().get_calculator()
+    out = []
+    for seed in args.seeds:
+        t0 = time.time()
+        rr = event_rate_ratio(calc, ref, SIZES[args.size]["rate_frames"], None, 9000 + seed)
+        out.append({"seed": seed, **rr})
+        log(
+            f"control (CHGNet), MD seed {seed}: {rr['mlip_events']} vs {rr['reference_events']} "
+            f"events, ratio {rr['rate_ratio']:.2f}; per window "
+            + ", ".join(f"{w['mlip']}/{w['reference']}" for w in rr["windows"])
+            + f" ({time.time() - t0:.0f} s)"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    log(f"control: {args.out}")
 
 
 def remeasure_rates(args: argparse.Namespace) -> None:
@@ -1146,6 +1189,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
     ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    ctl = sub.add_parser("control", help="the perfect-MLIP control: CHGNet through the rate")
+    ctl.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="MD seeds")
+    ctl.add_argument("--size", choices=sorted(SIZES), default="small")
+    ctl.add_argument("--references", type=Path, default=Path("runs/rare"))
+    ctl.add_argument("--out", type=Path, default=Path("runs/rare/control.json"))
     ship = sub.add_parser("ship", help="write compressed copies to benchmarks/data/")
     ship.add_argument("trajectories", type=Path, nargs="+", help="cui_<T>K.extxyz files")
     rep = sub.add_parser("report", help="table and plot of the seeds' runs")
@@ -1173,6 +1221,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.step == "ceiling":
         ceiling(args)
+        return
+    if args.step == "control":
+        control(args)
         return
     if args.step == "ship":
         from active_mlip.core.frames import read_frames

@@ -17,6 +17,7 @@ from benchmarks.rare_events import (
     event_atoms,
     event_force_errors,
     event_rate,
+    event_rate_ratio,
     events,
     load_runs,
     offset_per_event_atom,
@@ -131,6 +132,21 @@ def test_new_events_start_inside_the_window_after_its_first_frame():
     assert ref.new_events(6, 4) == 1
     frames, mask = ref.held_out(2)  # held-out frames 7 and 9
     assert len(frames) == 2 and mask[:, 9].tolist() == [False, True]
+
+
+def test_rate_control_drives_the_same_md_with_an_ase_calculator():
+    from ase.calculators.emt import EMT
+
+    ref = _reference()
+    # windows of 2 frames from held-out frames 7, 7, 8, 8 (fractions 0, .25, .5, .75 of 3)
+    out = event_rate_ratio(EMT(), ref, n_frames=2, fc=None, seed=0)
+    assert [w["start"] for w in out["windows"]] == [7, 7, 8, 8]
+    # atom 9 leaves its site at frame 8: new in the windows from 7, running in those from 8
+    assert [w["reference"] for w in out["windows"]] == [1, 1, 0, 0]
+    assert out["reference_events"] == 2
+    assert out["mlip_events"] == sum(w["mlip"] for w in out["windows"])
+    assert out["mlip_ps"] == pytest.approx(4 * 2 * 0.04) and not out["blew_up"]
+    assert out["sigma_a_mlip"] == [] and out["sigma_a_reference"] == []  # no force constants
 
 
 def test_aimd_sequential_takes_each_training_part_in_time_order_in_turn():
