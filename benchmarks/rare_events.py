@@ -459,6 +459,38 @@ def event_rate_ratio(
     }
 
 
+def protocol_ratio(mlip_runs: Sequence[dict], control_runs: Sequence[dict]) -> dict:
+    """Event-rate ratio against the reference's own dynamics under the same protocol.
+
+    ``mlip_runs`` and ``control_runs`` are :func:`event_rate_ratio` results over the same
+    windows at several MD seeds: the MLIP's, and the reference labeller's own (``control``).
+    A single reference continuation is one realization with its own noise, and MLIP-MD
+    redraws the velocities where the reference kept its own; averaging both sides over
+    seeds of the same protocol removes that bias and most of that noise. Rates are events
+    per ps of MD actually run (a run that blew up stops early).
+    """
+    if not mlip_runs or not control_runs:
+        raise ValueError("protocol_ratio needs at least one MLIP run and one control run")
+    starts = [w["start"] for w in control_runs[0]["windows"]]
+    for r in [*mlip_runs, *control_runs]:
+        if [w["start"] for w in r["windows"]] != starts:
+            raise ValueError(
+                f"the runs' windows differ: {[w['start'] for w in r['windows']]} vs {starts}"
+            )
+
+    def per_ps(runs: Sequence[dict]) -> float:
+        return sum(r["mlip_events"] for r in runs) / sum(r["mlip_ps"] for r in runs)
+
+    control = per_ps(control_runs)
+    return {
+        "ratio": rate_ratio(per_ps(mlip_runs), control),
+        "per_seed": [rate_ratio(per_ps([r]), control) for r in mlip_runs],
+        "mlip_events": [r["mlip_events"] for r in mlip_runs],
+        "control_events": [r["mlip_events"] for r in control_runs],
+        "blew_up": any(r["blew_up"] for r in mlip_runs),
+    }
+
+
 def score_events(ensemble: Any, held: dict[float, tuple[list[Frame], np.ndarray]]) -> dict:
     """Force MAE (meV/Å) of the ensemble mean on held-out event atoms and the rest, per T."""
     from active_mlip.makers.ensemble import EnsembleCalculator
@@ -655,6 +687,7 @@ def ceiling(args: argparse.Namespace) -> None:
     overrides.update(training_overrides(args.training))  # e.g. num_channels=32 max_L=1
     settings = settings.model_copy(update={"training": validated(settings.training, overrides)})
     al_pool = list(result.state.train.frames)
+    control_runs = json.loads(args.control.read_text()) if args.control else []
     offsets = OffsetProbe(ref=refs[0], stride=size["held_stride"])
     extra = "".join(f"_{item}" for item in args.training)
     tag = (
@@ -671,7 +704,11 @@ def ceiling(args: argparse.Namespace) -> None:
         n = len(frames)
         ensemble = de.train(bstore, de.grow([], frames, settings, 0), settings, first.e0s, None, r0)
         scores = score_events(ensemble, held)
-        rate = event_rate_ratio(ensemble, refs[0], size["rate_frames"], fc, 7000 + args.seed)
+        runs = [
+            event_rate_ratio(ensemble, refs[0], size["rate_frames"], fc, 7000 + args.seed + 100 * j)
+            for j in range(args.md_seeds)
+        ]
+        rate = runs[0]
         t = f"{refs[0].temperature:g}K"
         row = {
             "labels": n,
@@ -684,13 +721,21 @@ def ceiling(args: argparse.Namespace) -> None:
             "blew_up": rate["blew_up"],
             "offset_meV_per_event_atom": 1000 * offsets.slope(ensemble),
         }
+        if control_runs:
+            row["protocol"] = protocol_ratio(runs, control_runs)
         out.append(row)
         log(
             f"{args.frames} frames, {n} labels ({row['events_in_pool']} with an event): event-atom "
             f"{row['event_mae']:.0f} / other {row['rest_mae']:.0f} meV/Å at {t}, rate ratio "
             f"{row['rate_ratio']:.2f} ({row['mlip_events']} vs {row['reference_events']}"
             f"{', blew up' if row['blew_up'] else ''}), off-site atoms "
-            f"{row['offset_meV_per_event_atom']:+.0f} meV too high ({time.time() - t0:.0f} s)"
+            f"{row['offset_meV_per_event_atom']:+.0f} meV too high"
+            + (
+                f"; against the control ({args.md_seeds} MD seeds) {row['protocol']['ratio']:.2f}"
+                if control_runs
+                else ""
+            )
+            + f" ({time.time() - t0:.0f} s)"
         )
     path = source / f"{tag}.json"
     path.write_text(json.dumps(out, indent=1))
@@ -738,6 +783,7 @@ def remeasure_rates(args: argparse.Namespace) -> None:
     de = _data_efficiency()
     r0 = de.ground_state()
     ref = Reference.load(args.references / "cui_300K.extxyz", 300.0, r0)
+    control_runs = json.loads(args.control.read_text()) if args.control else []
     for run_dir in args.runs:
         run = json.loads((run_dir / "rare_events.json").read_text())
         size = SIZES[run["size"]]
@@ -749,14 +795,30 @@ def remeasure_rates(args: argparse.Namespace) -> None:
             ("active learning", result.state.history[-1]),
         ):
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
-            rr = event_rate_ratio(ens, ref, size["rate_frames"], fc, 5000 + 1000 * run["seed"])
-            out[name] = {"labels": h.n_train, "windows": list(RATE_STARTS), **rr}
-            log(
+            runs = [
+                event_rate_ratio(
+                    ens, ref, size["rate_frames"], fc, 5000 + 1000 * run["seed"] + 100 * j
+                )
+                for j in range(args.md_seeds)
+            ]
+            rr = runs[0]
+            out[name] = {"labels": h.n_train, "starts": list(RATE_STARTS), **rr}
+            msg = (
                 f"{run_dir.name}, {name} ({h.n_train} labels): {rr['mlip_events']} vs "
                 f"{rr['reference_events']} events, ratio {rr['rate_ratio']:.2f}"
                 f"{', blew up' if rr['blew_up'] else ''}"
             )
-        (run_dir / "rates.json").write_text(json.dumps(out, indent=1))
+            if control_runs:
+                pr = protocol_ratio(runs, control_runs)
+                out[name]["protocol"] = pr
+                msg += (
+                    f"; against the control, {len(runs)} MD seeds: {pr['ratio']:.2f} (per seed "
+                    + ", ".join(f"{x:.2f}" for x in pr["per_seed"])
+                    + ")"
+                )
+            log(msg)
+        name = "rates_protocol.json" if control_runs else "rates.json"
+        (run_dir / name).write_text(json.dumps(out, indent=1))
 
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
@@ -1166,6 +1228,13 @@ def main(argv: list[str] | None = None) -> None:
     rates = sub.add_parser("rates", help="re-measure finished runs' AL event rates")
     rates.add_argument("runs", type=Path, nargs="+", help="seed work directories")
     rates.add_argument("--references", type=Path, default=Path("runs/rare"))
+    rates.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="control.json: also the ratio against CHGNet's own MD under the same protocol",
+    )
+    rates.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
     ceil = sub.add_parser("ceiling", help="diagnostic: training on frames spread over time")
     ceil.add_argument("--seed", type=int, default=0, help="whose AL run to reuse")
     ceil.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -1188,6 +1257,8 @@ def main(argv: list[str] | None = None) -> None:
         help="more training settings, JSON values (e.g. num_channels=32 max_L=1)",
     )
     ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
+    ceil.add_argument("--control", type=Path, default=None, help="control.json (see rates)")
+    ceil.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
     ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ctl = sub.add_parser("control", help="the perfect-MLIP control: CHGNet through the rate")
     ctl.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="MD seeds")

@@ -21,6 +21,7 @@ from benchmarks.rare_events import (
     events,
     load_runs,
     offset_per_event_atom,
+    protocol_ratio,
     rate_ratio,
     read_npz,
     run_size,
@@ -147,6 +148,23 @@ def test_rate_control_drives_the_same_md_with_an_ase_calculator():
     assert out["mlip_events"] == sum(w["mlip"] for w in out["windows"])
     assert out["mlip_ps"] == pytest.approx(4 * 2 * 0.04) and not out["blew_up"]
     assert out["sigma_a_mlip"] == [] and out["sigma_a_reference"] == []  # no force constants
+
+
+def test_protocol_ratio_averages_both_sides_over_md_seeds():
+    def run(n: int, ps: float, starts=(7, 7, 8, 8), blew_up=False) -> dict:
+        windows = [{"start": s, "mlip": 0, "reference": 0} for s in starts]
+        return {"mlip_events": n, "mlip_ps": ps, "windows": windows, "blew_up": blew_up}
+
+    control = [run(51, 12.0), run(69, 12.0)]  # 5 events per ps
+    # 30 events in 12 ps and 18 in 6 ps (blew up halfway): 48 in 18 ps = 2.67 per ps
+    out = protocol_ratio([run(30, 12.0), run(18, 6.0, blew_up=True)], control)
+    assert out["ratio"] == pytest.approx((48 / 18) / 5.0)
+    assert out["per_seed"] == pytest.approx([0.5, 0.6])
+    assert out["control_events"] == [51, 69] and out["blew_up"]
+    with pytest.raises(ValueError, match="windows differ"):
+        protocol_ratio([run(3, 12.0, starts=(7, 8, 8, 9))], control)
+    with pytest.raises(ValueError, match="at least one"):
+        protocol_ratio([], control)
 
 
 def test_aimd_sequential_takes_each_training_part_in_time_order_in_turn():
