@@ -790,10 +790,8 @@ def remeasure_rates(args: argparse.Namespace) -> None:
         store, result = de.loop_result(run_dir / "active_learning" / "store")
         fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
         out = {}
-        for name, h in (
-            ("first ensemble", result.state.history[0]),
-            ("active learning", result.state.history[-1]),
-        ):
+        which = (("first ensemble", result.state.history[0]),) if not args.last_only else ()
+        for name, h in (*which, ("active learning", result.state.history[-1])):
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
             runs = [
                 event_rate_ratio(
@@ -1235,6 +1233,7 @@ def main(argv: list[str] | None = None) -> None:
         help="control.json: also the ratio against CHGNet's own MD under the same protocol",
     )
     rates.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
+    rates.add_argument("--last-only", action="store_true", help="the last AL ensemble only")
     ceil = sub.add_parser("ceiling", help="diagnostic: training on frames spread over time")
     ceil.add_argument("--seed", type=int, default=0, help="whose AL run to reuse")
     ceil.add_argument("--size", choices=sorted(SIZES), default="small")
