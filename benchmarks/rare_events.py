@@ -700,7 +700,12 @@ def ceiling(args: argparse.Namespace) -> None:
     for n in [len(al_pool)] if args.frames == "al" else args.labels:
         t0 = time.time()
         # the AL run's own final pool (n ignored) tells the recipe from the data
-        frames = al_pool if args.frames == "al" else spread(refs, n)
+        if args.frames == "al":
+            frames = al_pool
+        elif args.frames == "sequential":  # aiMD-sequential's first n, trained from scratch
+            frames = Sequential(refs).first(n)
+        else:
+            frames = spread(refs, n)
         n = len(frames)
         ensemble = de.train(bstore, de.grow([], frames, settings, 0), settings, first.e0s, None, r0)
         scores = score_events(ensemble, held)
@@ -1243,9 +1248,10 @@ def main(argv: list[str] | None = None) -> None:
     ceil.add_argument("--energy-weight", type=float, default=None, help="(the preset's)")
     ceil.add_argument(
         "--frames",
-        choices=("spread", "al"),
+        choices=("spread", "al", "sequential"),
         default="spread",
-        help="'spread': reference frames over the training parts; 'al': the AL run's pool",
+        help="'spread': reference frames over the training parts; 'al': the AL run's pool; "
+        "'sequential': aiMD-sequential's first frames (its goal under other training)",
     )
     ceil.add_argument("--run", default=None, help="the AL run's tag (default: the size)")
     ceil.add_argument(
