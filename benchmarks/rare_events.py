@@ -491,6 +491,20 @@ def protocol_ratio(mlip_runs: Sequence[dict], control_runs: Sequence[dict]) -> d
     }
 
 
+def measure_rate(
+    ensemble: Any,
+    ref: Reference,
+    n_frames: int,
+    fc: np.ndarray | None,
+    seeds: Sequence[int],
+    control_runs: Sequence[dict],
+) -> tuple[dict, dict | None]:
+    """:func:`event_rate_ratio` at each MD seed: the first seed's result, and the
+    :func:`protocol_ratio` over all of them when control runs are given (else None)."""
+    runs = [event_rate_ratio(ensemble, ref, n_frames, fc, s) for s in seeds]
+    return runs[0], (protocol_ratio(runs, control_runs) if control_runs else None)
+
+
 def score_events(ensemble: Any, held: dict[float, tuple[list[Frame], np.ndarray]]) -> dict:
     """Force MAE (meV/Å) of the ensemble mean on held-out event atoms and the rest, per T."""
     from active_mlip.makers.ensemble import EnsembleCalculator
@@ -709,11 +723,10 @@ def ceiling(args: argparse.Namespace) -> None:
         n = len(frames)
         ensemble = de.train(bstore, de.grow([], frames, settings, 0), settings, first.e0s, None, r0)
         scores = score_events(ensemble, held)
-        runs = [
-            event_rate_ratio(ensemble, refs[0], size["rate_frames"], fc, 7000 + args.seed + 100 * j)
-            for j in range(args.md_seeds)
-        ]
-        rate = runs[0]
+        seeds = [7000 + args.seed + 100 * j for j in range(args.md_seeds)]
+        rate, protocol = measure_rate(
+            ensemble, refs[0], size["rate_frames"], fc, seeds, control_runs
+        )
         t = f"{refs[0].temperature:g}K"
         row = {
             "labels": n,
@@ -726,8 +739,8 @@ def ceiling(args: argparse.Namespace) -> None:
             "blew_up": rate["blew_up"],
             "offset_meV_per_event_atom": 1000 * offsets.slope(ensemble),
         }
-        if control_runs:
-            row["protocol"] = protocol_ratio(runs, control_runs)
+        if protocol is not None:
+            row["protocol"] = protocol
         out.append(row)
         log(
             f"{args.frames} frames, {n} labels ({row['events_in_pool']} with an event): event-atom "
@@ -798,24 +811,18 @@ def remeasure_rates(args: argparse.Namespace) -> None:
         which = (("first ensemble", result.state.history[0]),) if not args.last_only else ()
         for name, h in (*which, ("active learning", result.state.history[-1])):
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
-            runs = [
-                event_rate_ratio(
-                    ens, ref, size["rate_frames"], fc, 5000 + 1000 * run["seed"] + 100 * j
-                )
-                for j in range(args.md_seeds)
-            ]
-            rr = runs[0]
+            seeds = [5000 + 1000 * run["seed"] + 100 * j for j in range(args.md_seeds)]
+            rr, pr = measure_rate(ens, ref, size["rate_frames"], fc, seeds, control_runs)
             out[name] = {"labels": h.n_train, "starts": list(RATE_STARTS), **rr}
             msg = (
                 f"{run_dir.name}, {name} ({h.n_train} labels): {rr['mlip_events']} vs "
                 f"{rr['reference_events']} events, ratio {rr['rate_ratio']:.2f}"
                 f"{', blew up' if rr['blew_up'] else ''}"
             )
-            if control_runs:
-                pr = protocol_ratio(runs, control_runs)
+            if pr is not None:
                 out[name]["protocol"] = pr
                 msg += (
-                    f"; against the control, {len(runs)} MD seeds: {pr['ratio']:.2f} (per seed "
+                    f"; against the control, {len(seeds)} MD seeds: {pr['ratio']:.2f} (per seed "
                     + ", ".join(f"{x:.2f}" for x in pr["per_seed"])
                     + ")"
                 )
@@ -1231,13 +1238,6 @@ def main(argv: list[str] | None = None) -> None:
     rates = sub.add_parser("rates", help="re-measure finished runs' AL event rates")
     rates.add_argument("runs", type=Path, nargs="+", help="seed work directories")
     rates.add_argument("--references", type=Path, default=Path("runs/rare"))
-    rates.add_argument(
-        "--control",
-        type=Path,
-        default=None,
-        help="control.json: also the ratio against CHGNet's own MD under the same protocol",
-    )
-    rates.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
     rates.add_argument("--last-only", action="store_true", help="the last AL ensemble only")
     ceil = sub.add_parser("ceiling", help="diagnostic: training on frames spread over time")
     ceil.add_argument("--seed", type=int, default=0, help="whose AL run to reuse")
@@ -1262,8 +1262,14 @@ def main(argv: list[str] | None = None) -> None:
         help="more training settings, JSON values (e.g. num_channels=32 max_L=1)",
     )
     ceil.add_argument("--references", type=Path, default=Path("runs/rare"))
-    ceil.add_argument("--control", type=Path, default=None, help="control.json (see rates)")
-    ceil.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
+    for p in (rates, ceil):
+        p.add_argument(
+            "--control",
+            type=Path,
+            default=None,
+            help="control.json: also the ratio against CHGNet's own MD under the same protocol",
+        )
+        p.add_argument("--md-seeds", type=int, default=1, help="MLIP-MD seeds per ensemble")
     ceil.add_argument("--workdir", type=Path, default=Path("runs/rare"))
     ctl = sub.add_parser("control", help="the perfect-MLIP control: CHGNet through the rate")
     ctl.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="MD seeds")

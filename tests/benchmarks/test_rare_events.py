@@ -20,6 +20,7 @@ from benchmarks.rare_events import (
     event_rate_ratio,
     events,
     load_runs,
+    measure_rate,
     offset_per_event_atom,
     protocol_ratio,
     rate_ratio,
@@ -148,6 +149,12 @@ def test_rate_control_drives_the_same_md_with_an_ase_calculator():
     assert out["mlip_events"] == sum(w["mlip"] for w in out["windows"])
     assert out["mlip_ps"] == pytest.approx(4 * 2 * 0.04) and not out["blew_up"]
     assert out["sigma_a_mlip"] == [] and out["sigma_a_reference"] == []  # no force constants
+    # at two MD seeds: the first seed's result, and against a control of the same runs ≈ 1
+    first, protocol = measure_rate(EMT(), ref, 2, None, [0, 1], [out])
+    assert first["windows"] == out["windows"] and first["mlip_events"] == out["mlip_events"]
+    assert protocol is not None and len(protocol["per_seed"]) == 2
+    assert protocol["per_seed"][0] == pytest.approx(1.0)  # seed 0 is the control itself
+    assert measure_rate(EMT(), ref, 2, None, [0], [])[1] is None  # no control: no protocol
 
 
 def test_protocol_ratio_averages_both_sides_over_md_seeds():
