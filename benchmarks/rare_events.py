@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -567,6 +568,8 @@ def run_strategies(args: argparse.Namespace) -> dict:
     def scorer(ensemble: Any) -> dict:
         return score_events(ensemble, held)
 
+    if args.reuse_from:
+        seed_cache(args.workdir / f"seed{args.seed}_{args.reuse_from}", workdir, settings)
     # (a) active learning
     de.MATERIAL = "CuI"
     al_points, initial, summary = de.active_learning(workdir / "active_learning", settings)
@@ -647,6 +650,42 @@ def run_strategies(args: argparse.Namespace) -> dict:
     (workdir / "rare_events.json").write_text(json.dumps(out, indent=1))
     log(f"seed {args.seed}: {workdir / 'rare_events.json'} ({out['wall_seconds']:.0f} s)")
     return out
+
+
+def seed_cache(source: Path, workdir: Path, settings: Any) -> None:
+    """Start ``workdir``'s loop with ``source``'s result cache (labels, members, explorations).
+
+    The loop's content keys do not depend on the iteration cap, so a run with more
+    iterations reuses every iteration the source ran and computes only the new ones. Only
+    the cache is copied: the new run's jobs and its result are its own. Does nothing when
+    ``workdir`` already holds a loop (it resumes as usual).
+    """
+    from active_mlip.app.local import RUN_FILE
+
+    loop_dir = workdir / "active_learning"
+    if loop_dir.exists():
+        return
+    src = source / "active_learning" / "store"
+    cache = sorted((src / "active_mlip").glob("active_mlip_cache.*"))
+    if len(cache) != 2:
+        raise FileNotFoundError(f"no result cache to reuse in {src}")
+    dst = loop_dir / "store" / "active_mlip"
+    dst.mkdir(parents=True)
+    shutil.copy2(src / "monty.storage.cfg", dst.parent)
+    for path in cache:
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, dst / path.name)
+    # what run_local writes for a new run, so that it starts (rather than refuses) here
+    (loop_dir / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "material": "CuI",
+                "fingerprint": settings.fingerprint(),
+                "settings": settings.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+    )
+    log(f"result cache of {source.name} copied: its iterations are reused")
 
 
 def spread(references: Sequence[Reference], n: int) -> list[Frame]:
@@ -1210,6 +1249,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     run.add_argument("--references", type=Path, default=Path("runs/rare"))
     run.add_argument("--workdir", type=Path, default=Path("runs/rare"))
+    run.add_argument(
+        "--reuse-from",
+        default=None,
+        metavar="TAG",
+        help="reuse the result cache of this seed's run TAG (e.g. more --iterations)",
+    )
     off = sub.add_parser("energies", help="energy offset of off-site atoms, per seed")
     off.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     off.add_argument("--size", choices=sorted(SIZES), default="small")

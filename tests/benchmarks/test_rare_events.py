@@ -338,6 +338,17 @@ def test_smoke_run_and_report_on_the_shipped_trajectories(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "target:" in out and (tmp_path / "p.png").stat().st_size > 10_000
+    # one more iteration, reusing the first run's cache: only the new members are trained
+    main(
+        ["run", *args, "--workdir", str(tmp_path), "--temperatures", "300", "--al-only"]
+        + ["--iterations", "3", "--reuse-from", "smoke"]
+    )
+    longer = tmp_path / "seed3_smoke_it3"
+    summary = json.loads((longer / "active_learning" / "summary.json").read_text())
+    assert summary["this_invocation"]["members_reused"] == 2 * len(al)
+    assert summary["this_invocation"]["members_trained"] == 2
+    al3 = json.loads((longer / "rare_events.json").read_text())["curves"]["active learning"]
+    assert al3[: len(al)] == al and len(al3) == len(al) + 1
 
 
 def test_energy_offset_per_event_atom_is_the_slope_of_the_gaps():
