@@ -768,6 +768,7 @@ def ceiling(args: argparse.Namespace) -> None:
         )
         t = f"{refs[0].temperature:g}K"
         row = {
+            "seed": args.seed,
             "labels": n,
             "events_in_pool": _n_event_frames(frames, r0),
             "event_mae": scores[t]["event"],
@@ -777,6 +778,7 @@ def ceiling(args: argparse.Namespace) -> None:
             "reference_events": rate["reference_events"],
             "blew_up": rate["blew_up"],
             "offset_meV_per_event_atom": 1000 * offsets.slope(ensemble),
+            "sigma_a_mlip": rate["sigma_a_mlip"],
         }
         if protocol is not None:
             row["protocol"] = protocol
@@ -1231,6 +1233,263 @@ def report(paths: list[Path], plot_path: Path, sequential_from: Sequence[Path] =
     print(f"plot: {plot_path}")
 
 
+def protocol_target(
+    al_curve: Sequence[dict], sequential: Sequence[dict], al_rate: float, budget: int | None = None
+) -> dict:
+    """The issue's target at one seed, with every strategy under the same training.
+
+    Parameters
+    ----------
+    al_curve
+        Active learning's points, ``{"labels", "event_mae"}`` each, in label order.
+    sequential
+        aiMD-sequential's points, ``{"labels", "event_mae", "rate"}`` each (``rate``: its
+        ratio against the control, or None).
+    al_rate
+        Active learning's last ensemble's rate ratio against the control.
+    budget
+        aiMD-sequential's full budget (its largest point otherwise); it must be one of
+        its points.
+
+    Returns
+    -------
+    dict
+        The goal (aiMD-sequential's event error at its budget), the labels AL first reaches
+        it with (None if never), whether that is at most a third of the budget, the rate
+        ratios and whether AL's lies in :data:`RATE_WINDOW`.
+    """
+    by_labels = {p["labels"]: p for p in sequential}
+    budget = max(by_labels) if budget is None else budget
+    if budget not in by_labels:
+        raise ValueError(
+            f"aiMD-sequential has no point at {budget} labels (it has {sorted(by_labels)})"
+        )
+    goal = by_labels[budget]["event_mae"]
+    reached = [p["labels"] for p in al_curve if p["event_mae"] <= goal]
+    return {
+        "goal_meV_per_A": goal,
+        "aimd_labels": budget,
+        "aimd_rate": by_labels[budget].get("rate"),
+        "al_labels_to_goal": reached[0] if reached else None,
+        "al_labels": al_curve[-1]["labels"],
+        "al_event_mae": al_curve[-1]["event_mae"],
+        "labels_ok": bool(reached) and reached[0] <= budget / 3,
+        "rate": al_rate,
+        "rate_ok": RATE_WINDOW[0] <= al_rate <= RATE_WINDOW[1],
+    }
+
+
+def _seed_of(path: Path, row: dict) -> int:
+    """A ceiling row's seed: its own field, else its run directory's ``seed<S>_`` name."""
+    if "seed" in row:
+        return int(row["seed"])
+    import re
+
+    match = re.match(r"seed(\d+)_", path.parent.name)
+    if match is None:
+        raise ValueError(f"{path}: no seed in its rows nor in its directory's name")
+    return int(match.group(1))
+
+
+def verdict(args: argparse.Namespace) -> dict:
+    """The target at every seed, every strategy trained alike, rates against the control.
+
+    Active learning's curve and its last ensemble's rate against the control come from
+    each run directory (``rare_events.json``, ``rates_protocol.json`` of ``rates
+    --control``); aiMD-sequential's points from ``ceiling --frames sequential`` results
+    trained the same way. Prints the table, writes the plot and ``--out``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = "300K"
+    seq: dict[int, list[dict]] = {}
+    for path in args.sequential:
+        for row in json.loads(path.read_text()):
+            seq.setdefault(_seed_of(path, row), []).append(row)
+    rows = []
+    for run_dir in args.runs:
+        run = json.loads((run_dir / "rare_events.json").read_text())
+        rates_path = run_dir / "rates_protocol.json"
+        if not rates_path.exists():
+            raise FileNotFoundError(
+                f"{rates_path} missing: run `rates {run_dir} --control control.json "
+                "--md-seeds 3 --last-only` first"
+            )
+        rate = json.loads(rates_path.read_text())["active learning"]
+        if rate["labels"] != run["labels_al"]:
+            raise ValueError(f"{rates_path} measured {rate['labels']} labels, not the run's end")
+        s = run["seed"]
+        if s not in seq:
+            raise ValueError(f"seed {s} has no aiMD-sequential point in --sequential")
+        curve = [
+            {"labels": p["labels"], "event_mae": p[t]["event"], "rest_mae": p[t]["rest"]}
+            for p in run["curves"]["active learning"]
+        ]
+        points = sorted(
+            (
+                {
+                    "labels": r["labels"],
+                    "event_mae": r["event_mae"],
+                    "rest_mae": r["rest_mae"],
+                    "rate": r.get("protocol", {}).get("ratio"),
+                    "sigma_a_mlip": r.get("sigma_a_mlip"),
+                }
+                for r in seq[s]
+            ),
+            key=lambda p: p["labels"],
+        )
+        check = protocol_target(curve, points, rate["protocol"]["ratio"], args.budget)
+        rows.append({"seed": s, **check, "al_curve": curve, "sequential": points, "al_rate": rate})
+    rows.sort(key=lambda r: r["seed"])
+    print(
+        f"{'seed':>4}  AL labels: event-atom MAE at {t} (meV/Å)  |  aiMD-sequential  |  "
+        "AL rate vs control  |  target"
+    )
+    for r in rows:
+        curve = ", ".join(f"{p['labels']}: {p['event_mae']:.0f}" for p in r["al_curve"])
+        aimd = ", ".join(
+            f"{p['labels']}: {p['event_mae']:.0f}"
+            + (f" (rate {p['rate']:.2f})" if p["rate"] is not None else "")
+            for p in r["sequential"]
+        )
+        print(
+            f"{r['seed']:>4}  {curve}  |  {aimd}  |  {r['rate']:.2f}  |  labels "
+            f"{'met' if r['labels_ok'] else 'NOT met'} (goal {r['goal_meV_per_A']:.1f} at "
+            f"{r['aimd_labels']}, AL reaches it at {r['al_labels_to_goal']}), rate "
+            f"{'met' if r['rate_ok'] else 'NOT met'}"
+        )
+    _verdict_plot(rows, args.plot, plt)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    print(f"plot: {args.plot}")
+    return {"rows": rows}
+
+
+def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
+    """Event / other-atom error against labels, rate against the control, σ^A at 300 K."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=90)
+    al, aimd = COLOURS["active learning"], COLOURS["aiMD-sequential"]
+    seen: set[str] = set()
+
+    def lab(name: str) -> str | None:
+        """Each legend entry once."""
+        if name in seen:
+            return None
+        seen.add(name)
+        return name
+
+    for k, r in enumerate(rows):
+        m = "os^Dv"[k % 5]
+        x = [p["labels"] for p in r["al_curve"]]
+        xs = [p["labels"] for p in r["sequential"]]
+        for ax, key in ((axes[0, 0], "event_mae"), (axes[0, 1], "rest_mae")):
+            named = ax is axes[0, 0]  # one legend for both error panels
+            ax.plot(
+                x,
+                [p[key] for p in r["al_curve"]],
+                color=al,
+                marker=m,
+                ms=4,
+                label=lab("active learning") if named else None,
+            )
+            ax.plot(
+                xs,
+                [p[key] for p in r["sequential"]],
+                color=aimd,
+                marker=m,
+                ms=6,
+                ls="",
+                label=lab("aiMD-sequential (first frames)") if named else None,
+            )
+        axes[0, 0].axhline(r["goal_meV_per_A"], color=aimd, lw=0.6, ls="--")
+        axes[1, 0].scatter(
+            r["al_labels"],
+            r["rate"],
+            color=al,
+            marker=m,
+            s=36,
+            zorder=3,
+            label=lab("active learning, last ensemble"),
+        )
+        for p in r["sequential"]:
+            if p["rate"] is not None:
+                axes[1, 0].scatter(
+                    p["labels"],
+                    p["rate"],
+                    color=aimd,
+                    marker=m,
+                    s=36,
+                    zorder=3,
+                    label=lab("aiMD-sequential"),
+                )
+        ref = r["al_rate"].get("sigma_a_reference")
+        if ref:
+            bins = np.linspace(0, float(np.max(ref)) * 1.3, 40)
+            hist = dict(bins=bins, histtype="step", density=True)
+            if k == 0:
+                axes[1, 1].hist(ref, color="k", label="reference MD (CHGNet)", **hist)
+            axes[1, 1].hist(
+                r["al_rate"]["sigma_a_mlip"],
+                color=al,
+                alpha=0.5 + 0.2 * k,
+                label=f"active learning, seed {r['seed']}",
+                **hist,
+            )
+            top = r["sequential"][-1]
+            if top.get("sigma_a_mlip"):
+                axes[1, 1].hist(
+                    top["sigma_a_mlip"],
+                    color=aimd,
+                    alpha=0.5 + 0.2 * k,
+                    label=f"aiMD-sequential {top['labels']}, seed {r['seed']}",
+                    **hist,
+                )
+    for ax, what in ((axes[0, 0], "atoms in an off-site event"), (axes[0, 1], "other atoms")):
+        ax.set_title(f"force MAE on {what} (held out, 300 K)")
+        ax.set_xlabel("training labels")
+        ax.set_ylabel("meV/Å")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    axes[0, 0].set_yscale("log")
+    axes[0, 0].yaxis.set_major_formatter(ScalarFormatter())
+    axes[0, 0].yaxis.set_minor_formatter(ScalarFormatter())
+    ticks = sorted({p["labels"] for r in rows for p in (*r["al_curve"], *r["sequential"])})
+    kept: list[int] = []
+    for x in ticks:
+        if not kept or x > 1.12 * kept[-1]:  # no two ticks closer than 12 % on a log axis
+            kept.append(x)
+    for ax in (*axes[0], axes[1, 0]):
+        ax.set_xscale("log")
+        ax.set_xticks(kept)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[1, 0].axhspan(*RATE_WINDOW, color="C0", alpha=0.12, label="target window")
+    axes[1, 0].axhline(1, color="grey", lw=0.6)
+    axes[1, 0].set_xlabel("training labels")
+    axes[1, 0].set_ylabel("events per ps, MLIP-MD / CHGNet MD")
+    axes[1, 0].set_title("event-rate fidelity at 300 K (3 MD seeds each)")
+    axes[1, 0].grid(alpha=0.3, which="both")
+    axes[1, 0].legend(fontsize=8)
+    axes[1, 1].set_xlabel(r"$\sigma^A$ of MD frames at 300 K")
+    axes[1, 1].set_ylabel("density")
+    axes[1, 1].set_title(r"$\sigma^A$: MLIP-MD against the reference MD")
+    axes[1, 1].legend(fontsize=7)
+    fig.suptitle(
+        "CuI 64 atoms, CHGNet reference, same training for all (marker per seed; dashed: "
+        "aiMD-sequential's goal)",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="step", required=True)
@@ -1333,7 +1592,24 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         help="runs (rare_events.json) whose aiMD-sequential curve fills in for runs without",
     )
+    ver = sub.add_parser(
+        "verdict", help="the target at every seed, all trained alike, rates vs the control"
+    )
+    ver.add_argument("runs", type=Path, nargs="+", help="AL run directories (rates --control)")
+    ver.add_argument(
+        "--sequential",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="ceiling --frames sequential results (ceiling_sequential_*.json)",
+    )
+    ver.add_argument("--budget", type=int, default=None, help="aiMD-sequential's full budget")
+    ver.add_argument("--plot", type=Path, default=Path("benchmarks/results/rare_events.png"))
+    ver.add_argument("--out", type=Path, default=None, help="the rows as JSON")
     args = parser.parse_args(argv)
+    if args.step == "verdict":
+        verdict(args)
+        return
     if args.step == "run":
         run_strategies(args)
         return

@@ -23,6 +23,7 @@ from benchmarks.rare_events import (
     measure_rate,
     offset_per_event_atom,
     protocol_ratio,
+    protocol_target,
     rate_ratio,
     read_npz,
     run_size,
@@ -282,6 +283,51 @@ def test_target_needs_the_event_error_with_a_third_of_the_labels_and_a_fair_rate
     assert not target_check(run)["labels_ok"]
     run["rates"]["active learning"]["rate_ratio"] = 1.4
     assert not target_check(run)["rate_ok"]
+
+
+def test_protocol_target_with_every_strategy_trained_alike():
+    al = [{"labels": 32, "event_mae": 200.0}, {"labels": 48, "event_mae": 70.0}]
+    al.append({"labels": 64, "event_mae": 55.0})
+    seq = [{"labels": 96, "event_mae": 80.0, "rate": 0.4}]
+    seq.append({"labels": 192, "event_mae": 56.0, "rate": 0.56})
+    c = protocol_target(al, seq, al_rate=0.99)
+    # aiMD-sequential's 56 meV/Å at 192; AL first below it at 64 = 192 / 3
+    assert (c["goal_meV_per_A"], c["aimd_labels"], c["aimd_rate"]) == (56.0, 192, 0.56)
+    assert c["al_labels_to_goal"] == 64 and c["labels_ok"] and c["rate_ok"]
+    # against the 96-label budget: the goal is 80, reached at 48 > 96 / 3
+    c = protocol_target(al, seq, al_rate=1.4, budget=96)
+    assert c["al_labels_to_goal"] == 48 and not c["labels_ok"] and not c["rate_ok"]
+    assert not protocol_target(al[:2], seq, al_rate=1.0)["labels_ok"]  # never reaches 56
+    with pytest.raises(ValueError, match="no point at 150 labels"):
+        protocol_target(al, seq, al_rate=1.0, budget=150)
+
+
+def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
+    import json
+
+    from benchmarks.rare_events import main
+
+    run_dir = tmp_path / "seed4_small"
+    run_dir.mkdir()
+    curve = [_point(32, 150.0), _point(40, 90.0), _point(48, 60.0)]
+    run = {"seed": 4, "labels_al": 48, "curves": {"active learning": curve}}
+    (run_dir / "rare_events.json").write_text(json.dumps(run))
+    sigma = {"sigma_a_mlip": [1.0, 2.0], "sigma_a_reference": [1.5, 2.5]}
+    rate = {"labels": 48, **sigma, "protocol": {"ratio": 0.9}}
+    ceiling = tmp_path / "seed4_other" / "ceiling_sequential.json"
+    ceiling.parent.mkdir()
+    rows = [{"labels": 144, "event_mae": 62.0, "rest_mae": 30.0, "protocol": {"ratio": 0.5}}]
+    ceiling.write_text(json.dumps(rows))  # no "seed" field: the directory's name says 4
+    args = ["verdict", str(run_dir), "--sequential", str(ceiling), "--plot"]
+    with pytest.raises(FileNotFoundError, match="rates_protocol.json missing"):
+        main([*args, str(tmp_path / "v.png")])
+    (run_dir / "rates_protocol.json").write_text(json.dumps({"active learning": rate}))
+    main([*args, str(tmp_path / "v.png"), "--out", str(tmp_path / "v.json")])
+    out = capsys.readouterr().out
+    assert "labels met (goal 62.0 at 144, AL reaches it at 48), rate met" in out
+    [row] = json.loads((tmp_path / "v.json").read_text())
+    assert row["seed"] == 4 and row["aimd_rate"] == 0.5
+    assert (tmp_path / "v.png").stat().st_size > 10_000
 
 
 def test_shipped_copy_keeps_events_and_labels(tmp_path):
