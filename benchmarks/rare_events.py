@@ -660,7 +660,7 @@ def seed_cache(source: Path, workdir: Path, settings: Any) -> None:
     the cache is copied: the new run's jobs and its result are its own. Does nothing when
     ``workdir`` already holds a loop (it resumes as usual).
     """
-    from active_mlip.app.local import RUN_FILE
+    from active_mlip.app.local import write_run_file
 
     loop_dir = workdir / "active_learning"
     if loop_dir.exists():
@@ -674,17 +674,8 @@ def seed_cache(source: Path, workdir: Path, settings: Any) -> None:
     shutil.copy2(src / "monty.storage.cfg", dst.parent)
     for path in cache:
         (shutil.copytree if path.is_dir() else shutil.copy2)(path, dst / path.name)
-    # what run_local writes for a new run, so that it starts (rather than refuses) here
-    (loop_dir / RUN_FILE).write_text(
-        json.dumps(
-            {
-                "material": "CuI",
-                "fingerprint": settings.fingerprint(),
-                "settings": settings.model_dump(mode="json"),
-            },
-            indent=2,
-        )
-    )
+    # the new run's own record, so that run_local starts here rather than refuses
+    write_run_file(loop_dir, "CuI", settings)
     log(f"result cache of {source.name} copied: its iterations are reused")
 
 

@@ -78,6 +78,21 @@ def check_workdir(workdir: Path, material: str, settings: ActiveLearningSettings
     return True
 
 
+def write_run_file(workdir: Path, material: str, settings: ActiveLearningSettings) -> None:
+    """Record in ``workdir`` which run it holds (what :func:`check_workdir` compares)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "material": material,
+                "fingerprint": settings.fingerprint(),
+                "settings": settings.model_dump(mode="json"),
+            },
+            indent=2,
+        )
+    )
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         out: list[str] = []
@@ -149,17 +164,7 @@ def run_local(
     if restart and workdir.exists():
         shutil.rmtree(workdir)
     resumed = check_workdir(workdir, name, settings)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / RUN_FILE).write_text(
-        json.dumps(
-            {
-                "material": name,
-                "fingerprint": settings.fingerprint(),
-                "settings": settings.model_dump(mode="json"),
-            },
-            indent=2,
-        )
-    )
+    write_run_file(workdir, name, settings)
     store = make_job_store(store_settings)
     t0 = time.time()
     logger.info("%s %s in %s", "resuming" if resumed else "starting", name, workdir)
