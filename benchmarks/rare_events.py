@@ -825,7 +825,9 @@ def remeasure_rates(args: argparse.Namespace) -> None:
     """The event rate of finished runs' first and last AL ensembles, in today's windows.
 
     Lets runs made with other :data:`RATE_STARTS` be compared on the same windows; writes
-    ``rates.json`` beside each run's ``rare_events.json``.
+    ``rates.json`` (``rates_protocol.json`` with ``--control``) beside each run's
+    ``rare_events.json``. With ``--labels``, the ensembles at those label counts instead,
+    added to that file as ``at N labels``.
     """
     from active_mlip.core.documents import as_model
     from active_mlip.makers.schemas import EnsembleDocument
@@ -839,9 +841,24 @@ def remeasure_rates(args: argparse.Namespace) -> None:
         size = SIZES[run["size"]]
         store, result = de.loop_result(run_dir / "active_learning" / "store")
         fc = np.asarray(store.get_output(result.state.fc_uuid, load=True)["force_constants"])
-        out = {}
-        which = (("first ensemble", result.state.history[0]),) if not args.last_only else ()
-        for name, h in (*which, ("active learning", result.state.history[-1])):
+        file_name = "rates_protocol.json" if control_runs else "rates.json"
+        history = result.state.history
+        if args.labels:
+            # chosen ensembles, added to what was measured before
+            known = {h.n_train: h for h in history}
+            missing = sorted(set(args.labels) - set(known))
+            if missing:
+                raise ValueError(
+                    f"{run_dir.name} has no ensemble at {missing} labels (it has {sorted(known)})"
+                )
+            which = tuple((f"at {n} labels", known[n]) for n in args.labels)
+            path = run_dir / file_name
+            out = json.loads(path.read_text()) if path.exists() else {}
+        else:
+            first = (("first ensemble", history[0]),) if not args.last_only else ()
+            which = (*first, ("active learning", history[-1]))
+            out = {}
+        for name, h in which:
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
             seeds = [5000 + 1000 * run["seed"] + 100 * j for j in range(args.md_seeds)]
             rr, pr = measure_rate(ens, ref, size["rate_frames"], fc, seeds, control_runs)
@@ -859,8 +876,7 @@ def remeasure_rates(args: argparse.Namespace) -> None:
                     + ")"
                 )
             log(msg)
-        name = "rates_protocol.json" if control_runs else "rates.json"
-        (run_dir / name).write_text(json.dumps(out, indent=1))
+        (run_dir / file_name).write_text(json.dumps(out, indent=1))
 
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
@@ -1534,6 +1550,13 @@ def main(argv: list[str] | None = None) -> None:
     rates.add_argument("runs", type=Path, nargs="+", help="seed work directories")
     rates.add_argument("--references", type=Path, default=Path("runs/rare"))
     rates.add_argument("--last-only", action="store_true", help="the last AL ensemble only")
+    rates.add_argument(
+        "--labels",
+        type=int,
+        nargs="+",
+        default=[],
+        help="the AL ensembles at these label counts, added to the runs' earlier rates",
+    )
     ceil = sub.add_parser("ceiling", help="diagnostic: training on frames spread over time")
     ceil.add_argument("--seed", type=int, default=0, help="whose AL run to reuse")
     ceil.add_argument("--size", choices=sorted(SIZES), default="small")
