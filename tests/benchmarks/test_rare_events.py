@@ -290,16 +290,21 @@ def test_protocol_target_with_every_strategy_trained_alike():
     al.append({"labels": 64, "event_mae": 55.0})
     seq = [{"labels": 96, "event_mae": 80.0, "rate": 0.4}]
     seq.append({"labels": 192, "event_mae": 56.0, "rate": 0.56})
-    c = protocol_target(al, seq, al_rate=0.99)
+    c = protocol_target(al, seq, {48: 1.5, 64: 0.99})
     # aiMD-sequential's 56 meV/Å at 192; AL first below it at 64 = 192 / 3
     assert (c["goal_meV_per_A"], c["aimd_labels"], c["aimd_rate"]) == (56.0, 192, 0.56)
     assert c["al_labels_to_goal"] == 64 and c["labels_ok"] and c["rate_ok"]
-    # against the 96-label budget: the goal is 80, reached at 48 > 96 / 3
-    c = protocol_target(al, seq, al_rate=1.4, budget=96)
-    assert c["al_labels_to_goal"] == 48 and not c["labels_ok"] and not c["rate_ok"]
-    assert not protocol_target(al[:2], seq, al_rate=1.0)["labels_ok"]  # never reaches 56
+    # against the 96-label budget: the goal is 80, reached at 48 > 96 / 3, at a rate of 1.5
+    c = protocol_target(al, seq, {48: 1.5, 64: 0.99}, budget=96)
+    assert c["al_labels_to_goal"] == c["rate_at_labels"] == 48
+    assert not c["labels_ok"] and not c["rate_ok"]
+    # a goal from elsewhere (the mean over aiMD's seeds); the rate of 48 not measured: the last
+    c = protocol_target(al, seq, {64: 0.99}, goal=70.0)
+    assert (c["goal_meV_per_A"], c["aimd_event_mae"]) == (70.0, 56.0)
+    assert c["al_labels_to_goal"] == 48 and c["rate_at_labels"] == 64 and c["rate_ok"]
+    assert not protocol_target(al[:2], seq, {48: 1.0})["labels_ok"]  # never reaches 56
     with pytest.raises(ValueError, match="no point at 150 labels"):
-        protocol_target(al, seq, al_rate=1.0, budget=150)
+        protocol_target(al, seq, {64: 1.0}, budget=150)
 
 
 def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
@@ -309,24 +314,32 @@ def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
 
     run_dir = tmp_path / "seed4_small"
     run_dir.mkdir()
-    curve = [_point(32, 150.0), _point(40, 90.0), _point(48, 60.0)]
+    curve = [_point(32, 150.0), _point(40, 75.0), _point(48, 60.0)]
     run = {"seed": 4, "labels_al": 48, "curves": {"active learning": curve}}
     (run_dir / "rare_events.json").write_text(json.dumps(run))
     sigma = {"sigma_a_mlip": [1.0, 2.0], "sigma_a_reference": [1.5, 2.5]}
-    rate = {"labels": 48, **sigma, "protocol": {"ratio": 0.9}}
-    ceiling = tmp_path / "seed4_other" / "ceiling_sequential.json"
-    ceiling.parent.mkdir()
-    rows = [{"labels": 144, "event_mae": 62.0, "rest_mae": 30.0, "protocol": {"ratio": 0.5}}]
-    ceiling.write_text(json.dumps(rows))  # no "seed" field: the directory's name says 4
-    args = ["verdict", str(run_dir), "--sequential", str(ceiling), "--plot"]
+    rates = {"active learning": {"labels": 48, **sigma, "protocol": {"ratio": 0.9}}}
+    rates["at 40 labels"] = {"labels": 40, **sigma, "protocol": {"ratio": 1.5}}
+    ceilings = []
+    for seed, mae in ((4, 62.0), (5, 92.0)):
+        path = tmp_path / f"seed{seed}_other" / "ceiling_sequential.json"
+        path.parent.mkdir()
+        rows = [{"labels": 144, "event_mae": mae, "rest_mae": 30.0, "protocol": {"ratio": 0.5}}]
+        path.write_text(json.dumps(rows))  # no "seed" field: the directory's name says it
+        ceilings.append(str(path))
+    args = ["verdict", str(run_dir), "--sequential", *ceilings, "--plot", str(tmp_path / "v.png")]
     with pytest.raises(FileNotFoundError, match="rates_protocol.json missing"):
-        main([*args, str(tmp_path / "v.png")])
-    (run_dir / "rates_protocol.json").write_text(json.dumps({"active learning": rate}))
-    main([*args, str(tmp_path / "v.png"), "--out", str(tmp_path / "v.json")])
+        main(args)
+    (run_dir / "rates_protocol.json").write_text(json.dumps(rates))
+    main([*args, "--goal", "per-seed"])
+    assert "labels met (goal 62.0 at 144, AL reaches it at 48), rate met" in capsys.readouterr().out
+    # the mean goal, (62 + 92) / 2 = 77, is reached at 40, where the rate is 1.5
+    main([*args, "--out", str(tmp_path / "v.json")])
     out = capsys.readouterr().out
-    assert "labels met (goal 62.0 at 144, AL reaches it at 48), rate met" in out
+    assert "mean over its seeds 77.0" in out and "1.50 (40)" in out
+    assert "labels met (goal 77.0 at 144, AL reaches it at 40), rate NOT met" in out
     [row] = json.loads((tmp_path / "v.json").read_text())
-    assert row["seed"] == 4 and row["aimd_rate"] == 0.5
+    assert row["seed"] == 4 and row["aimd_rate"] == 0.5 and row["aimd_event_mae"] == 62.0
     assert (tmp_path / "v.png").stat().st_size > 10_000
 
 
