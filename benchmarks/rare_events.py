@@ -1477,28 +1477,43 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
                     zorder=3,
                     label=lab("aiMD-sequential"),
                 )
-        ref = r["al_sigma"].get("sigma_a_reference")
-        if ref:
-            bins = np.linspace(0, float(np.max(ref)) * 1.3, 40)
-            hist = dict(bins=bins, histtype="step", density=True)
-            if k == 0:
-                axes[1, 1].hist(ref, color="k", label="reference MD (CHGNet)", **hist)
-            axes[1, 1].hist(
-                r["al_sigma"]["sigma_a_mlip"],
-                color=al,
-                alpha=0.5 + 0.2 * k,
-                label=f"active learning, seed {r['seed']}",
-                **hist,
-            )
-            top = r["sequential"][-1]
-            if top.get("sigma_a_mlip"):
+    # σ^A pooled over seeds: the reference's, AL's goal ensembles', aiMD-sequential's at budget
+    ref = rows[0]["al_sigma"].get("sigma_a_reference") or []
+    pooled = {
+        "reference MD (CHGNet)": ("k", ref),
+        "active learning, last ensembles": (
+            al,
+            [v for r in rows for v in r["al_sigma"].get("sigma_a_mlip") or []],
+        ),
+        f"aiMD-sequential, {rows[0]['aimd_labels']} labels": (
+            aimd,
+            [
+                v
+                for r in rows
+                for p in r["sequential"]
+                if p["labels"] == r["aimd_labels"]
+                for v in p.get("sigma_a_mlip") or []
+            ],
+        ),
+    }
+    every = [v for _, values in pooled.values() for v in values]
+    if every:
+        bins = np.linspace(0, float(np.max(every)) * 1.05, 40)
+        for name, (colour, values) in pooled.items():
+            if values:
                 axes[1, 1].hist(
-                    top["sigma_a_mlip"],
-                    color=aimd,
-                    alpha=0.5 + 0.2 * k,
-                    label=f"aiMD-sequential {top['labels']}, seed {r['seed']}",
-                    **hist,
+                    values,
+                    bins=bins,
+                    histtype="step",
+                    density=True,
+                    color=colour,
+                    lw=1.5,
+                    label=f"{name} ({len(values)} frames)",
                 )
+    for k, r in enumerate(rows):  # which marker is which seed
+        axes[1, 0].plot(
+            [], [], ls="", marker="os^Dv"[k % 5], color="grey", label=f"seed {r['seed']}"
+        )
     for ax, what in ((axes[0, 0], "atoms in an off-site event"), (axes[0, 1], "other atoms")):
         ax.set_title(f"force MAE on {what} (held out, 300 K)")
         ax.set_xlabel("training labels")
@@ -1527,11 +1542,11 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     axes[1, 0].legend(fontsize=8)
     axes[1, 1].set_xlabel(r"$\sigma^A$ of MD frames at 300 K")
     axes[1, 1].set_ylabel("density")
-    axes[1, 1].set_title(r"$\sigma^A$: MLIP-MD against the reference MD")
-    axes[1, 1].legend(fontsize=7)
+    axes[1, 1].set_title(r"$\sigma^A$: MLIP-MD against the reference MD (seeds pooled)")
+    axes[1, 1].legend(fontsize=8)
     fig.suptitle(
-        "CuI 64 atoms, CHGNet reference, same training for all (marker per seed; dashed: "
-        "aiMD-sequential's goal)",
+        "CuI 64 atoms, CHGNet reference, the same training for all (dashed: aiMD-sequential's "
+        "goal)",
         fontsize=11,
     )
     fig.tight_layout()
