@@ -1269,9 +1269,10 @@ def protocol_target(
     -------
     dict
         The goal, the labels AL first reaches it with (None if never) and whether that is
-        at most a third of the budget; the rate ratio of that ensemble (of the last
-        measured one when it was not measured or the goal is never reached) and whether it
-        lies in :data:`RATE_WINDOW`.
+        at most a third of the budget; the rate that judges AL and whether it lies in
+        :data:`RATE_WINDOW`: that of the first ensemble within a third of the budget that
+        reaches the goal at a rate in the window, else of the first that reaches the goal
+        (else of the last measured one).
     """
     by_labels = {p["labels"]: p for p in sequential}
     budget = max(by_labels) if budget is None else budget
@@ -1284,7 +1285,12 @@ def protocol_target(
     own = by_labels[budget]["event_mae"]
     goal = own if goal is None else goal
     reached = [p["labels"] for p in al_curve if p["event_mae"] <= goal]
-    at = reached[0] if reached and reached[0] in al_rates else max(al_rates)
+    both = [
+        n
+        for n in reached
+        if n <= budget / 3 and n in al_rates and RATE_WINDOW[0] <= al_rates[n] <= RATE_WINDOW[1]
+    ]
+    at = (both or [n for n in reached[:1] if n in al_rates] or [max(al_rates)])[0]
     return {
         "goal_meV_per_A": goal,
         "aimd_labels": budget,
@@ -1396,7 +1402,7 @@ def verdict(args: argparse.Namespace) -> dict:
     )
     print(
         f"{'seed':>4}  AL labels: event-atom MAE at {t} (meV/Å)  |  aiMD-sequential  |  "
-        "AL rate vs control (labels)  |  target"
+        "AL labels: rate vs control -> the one judged (labels)  |  target"
     )
     for r in rows:
         curve = ", ".join(f"{p['labels']}: {p['event_mae']:.0f}" for p in r["al_curve"])
@@ -1406,7 +1412,9 @@ def verdict(args: argparse.Namespace) -> dict:
             for p in r["sequential"]
         )
         print(
-            f"{r['seed']:>4}  {curve}  |  {aimd}  |  {r['rate']:.2f} ({r['rate_at_labels']})  |  "
+            f"{r['seed']:>4}  {curve}  |  {aimd}  |  "
+            + ", ".join(f"{n}: {v:.2f}" for n, v in sorted(r["al_rates"].items()))
+            + f" -> {r['rate']:.2f} ({r['rate_at_labels']})  |  "
             f"labels {'met' if r['labels_ok'] else 'NOT met'} (goal {r['goal_meV_per_A']:.1f} "
             f"at {r['aimd_labels']}, AL reaches it at {r['al_labels_to_goal']}), rate "
             f"{'met' if r['rate_ok'] else 'NOT met'}"

@@ -303,6 +303,12 @@ def test_protocol_target_with_every_strategy_trained_alike():
     assert (c["goal_meV_per_A"], c["aimd_event_mae"]) == (70.0, 56.0)
     assert c["al_labels_to_goal"] == 48 and c["rate_at_labels"] == 64 and c["rate_ok"]
     assert not protocol_target(al[:2], seq, {48: 1.0})["labels_ok"]  # never reaches 56
+    # within a third of the budget, the first goal ensemble whose rate is in the window
+    al.insert(2, {"labels": 60, "event_mae": 50.0})  # 60: goal reached, rate 0.6
+    c = protocol_target(al, seq, {60: 0.6, 64: 0.99})
+    assert c["al_labels_to_goal"] == 60 and (c["rate_at_labels"], c["rate"]) == (64, 0.99)
+    c = protocol_target(al, seq, {60: 0.6, 64: 1.4})  # neither in the window: the first's
+    assert (c["rate_at_labels"], c["rate"], c["rate_ok"]) == (60, 0.6, False)
     with pytest.raises(ValueError, match="no point at 150 labels"):
         protocol_target(al, seq, {64: 1.0}, budget=150)
 
@@ -333,11 +339,12 @@ def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
     (run_dir / "rates_protocol.json").write_text(json.dumps(rates))
     main([*args, "--goal", "per-seed"])
     assert "labels met (goal 62.0 at 144, AL reaches it at 48), rate met" in capsys.readouterr().out
-    # the mean goal, (62 + 92) / 2 = 77, is reached at 40, where the rate is 1.5
+    # the mean goal, (62 + 92) / 2 = 77, is reached at 40, where the rate is 1.5; the
+    # rate is judged at 48 (<= 144 / 3), which reaches the goal at a rate in the window
     main([*args, "--out", str(tmp_path / "v.json")])
     out = capsys.readouterr().out
-    assert "mean over its seeds 77.0" in out and "1.50 (40)" in out
-    assert "labels met (goal 77.0 at 144, AL reaches it at 40), rate NOT met" in out
+    assert "mean over its seeds 77.0" in out and "0.90 (48)" in out
+    assert "labels met (goal 77.0 at 144, AL reaches it at 40), rate met" in out
     [row] = json.loads((tmp_path / "v.json").read_text())
     assert row["seed"] == 4 and row["aimd_rate"] == 0.5 and row["aimd_event_mae"] == 62.0
     assert (tmp_path / "v.png").stat().st_size > 10_000
