@@ -58,9 +58,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -666,14 +668,21 @@ def seed_cache(source: Path, workdir: Path, settings: Any) -> None:
     if loop_dir.exists():
         return
     src = source / "active_learning" / "store"
-    cache = sorted((src / "active_mlip").glob("active_mlip_cache.*"))
-    if len(cache) != 2:
+    collection = src / "active_mlip" / "active_mlip_cache.collection"
+    payload = collection.with_suffix(".payload")
+    if not (collection.is_file() and payload.is_dir()):
         raise FileNotFoundError(f"no result cache to reuse in {src}")
     dst = loop_dir / "store" / "active_mlip"
     dst.mkdir(parents=True)
     shutil.copy2(src / "monty.storage.cfg", dst.parent)
-    for path in cache:
-        (shutil.copytree if path.is_dir() else shutil.copy2)(path, dst / path.name)
+    shutil.copytree(payload, dst / payload.name)
+    # montydb keeps the collection in SQLite in WAL mode: a plain copy of the file misses
+    # what a run still open has not checkpointed; the backup API takes it all
+    with (
+        closing(sqlite3.connect(collection)) as old,
+        closing(sqlite3.connect(dst / collection.name)) as new,
+    ):
+        old.backup(new)
     # the new run's own record, so that run_local starts here rather than refuses
     write_run_file(loop_dir, "CuI", settings)
     log(f"result cache of {source.name} copied: its iterations are reused")

@@ -223,6 +223,36 @@ def test_run_overrides_get_their_own_work_directory():
     assert run_tag(weighted) == "small_energy_weight=1000"
 
 
+def test_reused_cache_keeps_what_an_open_run_has_not_checkpointed(tmp_path):
+    """montydb's SQLite is in WAL mode: a copy of the file alone would miss these rows."""
+    import json
+    import sqlite3
+
+    from active_mlip.workflows.settings import ActiveLearningSettings
+    from benchmarks.rare_events import seed_cache
+
+    store = tmp_path / "seed0_old" / "active_learning" / "store"
+    (store / "active_mlip" / "active_mlip_cache.payload").mkdir(parents=True)
+    (store / "active_mlip" / "active_mlip_cache.payload" / "a.bson").write_bytes(b"x")
+    (store / "monty.storage.cfg").write_text("[sqlite]\n")
+    open_run = sqlite3.connect(store / "active_mlip" / "active_mlip_cache.collection")
+    open_run.execute("PRAGMA journal_mode=WAL")
+    open_run.execute("CREATE TABLE docs (k TEXT)")
+    open_run.executemany("INSERT INTO docs VALUES (?)", [("a",), ("b",)])
+    open_run.commit()  # committed to the WAL, not yet checkpointed into the file
+    settings = ActiveLearningSettings()
+    seed_cache(tmp_path / "seed0_old", tmp_path / "seed0_new", settings)
+    new = tmp_path / "seed0_new" / "active_learning"
+    with sqlite3.connect(new / "store" / "active_mlip" / "active_mlip_cache.collection") as c:
+        assert sorted(c.execute("SELECT k FROM docs")) == [("a",), ("b",)]
+    assert (new / "store" / "active_mlip" / "active_mlip_cache.payload" / "a.bson").exists()
+    assert json.loads((new / "run.json").read_text())["fingerprint"] == settings.fingerprint()
+    open_run.close()
+    seed_cache(tmp_path / "seed0_old", tmp_path / "seed0_new", settings)  # there: untouched
+    with pytest.raises(FileNotFoundError, match="no result cache to reuse"):
+        seed_cache(tmp_path / "seed1_none", tmp_path / "seed1_new", settings)
+
+
 def test_training_overrides_are_validated():
     from active_mlip.makers.training import TrainingSettings
 
