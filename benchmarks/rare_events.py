@@ -1281,7 +1281,7 @@ def protocol_target(
         at most a third of the budget; the rate that judges AL and whether it lies in
         :data:`RATE_WINDOW`: that of the first ensemble within a third of the budget that
         reaches the goal at a rate in the window, else of the first that reaches the goal
-        (else of the last measured one).
+        (else of the last measured one); ``met``: whether such an ensemble exists.
     """
     by_labels = {p["labels"]: p for p in sequential}
     budget = max(by_labels) if budget is None else budget
@@ -1312,6 +1312,8 @@ def protocol_target(
         "rate": al_rates[at],
         "rate_at_labels": at,
         "rate_ok": RATE_WINDOW[0] <= al_rates[at] <= RATE_WINDOW[1],
+        # both, by one ensemble within a third of the budget
+        "met": bool(both),
     }
 
 
@@ -1426,7 +1428,7 @@ def verdict(args: argparse.Namespace) -> dict:
             + f" -> {r['rate']:.2f} ({r['rate_at_labels']})  |  "
             f"labels {'met' if r['labels_ok'] else 'NOT met'} (goal {r['goal_meV_per_A']:.1f} "
             f"at {r['aimd_labels']}, AL reaches it at {r['al_labels_to_goal']}), rate "
-            f"{'met' if r['rate_ok'] else 'NOT met'}"
+            f"{'met' if r['rate_ok'] else 'NOT met'} => target {'met' if r['met'] else 'NOT met'}"
         )
     _verdict_plot(rows, args.plot, plt)
     if args.out:

@@ -337,8 +337,11 @@ def test_protocol_target_with_every_strategy_trained_alike():
     al.insert(2, {"labels": 60, "event_mae": 50.0})  # 60: goal reached, rate 0.6
     c = protocol_target(al, seq, {60: 0.6, 64: 0.99})
     assert c["al_labels_to_goal"] == 60 and (c["rate_at_labels"], c["rate"]) == (64, 0.99)
+    assert c["met"]
     c = protocol_target(al, seq, {60: 0.6, 64: 1.4})  # neither in the window: the first's
-    assert (c["rate_at_labels"], c["rate"], c["rate_ok"]) == (60, 0.6, False)
+    assert (c["rate_at_labels"], c["rate"], c["rate_ok"], c["met"]) == (60, 0.6, False, False)
+    # a rate in the window, but only beyond a third of the budget (96 / 3 = 32)
+    assert not protocol_target(al, seq, {48: 1.0}, budget=96)["met"]
     with pytest.raises(ValueError, match="no point at 150 labels"):
         protocol_target(al, seq, {64: 1.0}, budget=150)
 
@@ -374,7 +377,7 @@ def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
     main([*args, "--out", str(tmp_path / "v.json")])
     out = capsys.readouterr().out
     assert "mean over its seeds 77.0" in out and "0.90 (48)" in out
-    assert "labels met (goal 77.0 at 144, AL reaches it at 40), rate met" in out
+    assert "labels met (goal 77.0 at 144, AL reaches it at 40), rate met => target met" in out
     [row] = json.loads((tmp_path / "v.json").read_text())
     assert row["seed"] == 4 and row["aimd_rate"] == 0.5 and row["aimd_event_mae"] == 62.0
     assert (tmp_path / "v.png").stat().st_size > 10_000
