@@ -1558,7 +1558,8 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     axes[1, 0].set_ylabel("events per ps, MLIP-MD / CHGNet MD")
     axes[1, 0].set_title("event-rate fidelity at 300 K (3 MD seeds each)")
     axes[1, 0].grid(alpha=0.3, which="both")
-    axes[1, 0].legend(fontsize=8)
+    axes[1, 0].set_ylim(bottom=0)  # room below the points for the legend
+    axes[1, 0].legend(fontsize=8, loc="lower left", ncol=2)
     axes[1, 1].set_xlabel(r"$\sigma^A$ of MD frames at 300 K")
     axes[1, 1].set_ylabel("density")
     axes[1, 1].set_title(r"$\sigma^A$: MLIP-MD against the reference MD (seeds pooled)")
