@@ -672,19 +672,24 @@ def seed_cache(source: Path, workdir: Path, settings: Any) -> None:
     payload = collection.with_suffix(".payload")
     if not (collection.is_file() and payload.is_dir()):
         raise FileNotFoundError(f"no result cache to reuse in {src}")
-    dst = loop_dir / "store" / "active_mlip"
+    # built aside and renamed, so that a failed copy leaves nothing half-seeded behind
+    partial = loop_dir.with_name(loop_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    dst = partial / "store" / "active_mlip"
     dst.mkdir(parents=True)
     shutil.copy2(src / "monty.storage.cfg", dst.parent)
-    shutil.copytree(payload, dst / payload.name)
     # montydb keeps the collection in SQLite in WAL mode: a plain copy of the file misses
-    # what a run still open has not checkpointed; the backup API takes it all
+    # what a run still open has not checkpointed; the backup API takes it all. The rows
+    # first: a payload file is written before its row, so every row copied has its file.
     with (
-        closing(sqlite3.connect(collection)) as old,
+        closing(sqlite3.connect(f"file:{collection}?mode=ro", uri=True)) as old,
         closing(sqlite3.connect(dst / collection.name)) as new,
     ):
         old.backup(new)
+    shutil.copytree(payload, dst / payload.name)
     # the new run's own record, so that run_local starts here rather than refuses
-    write_run_file(loop_dir, "CuI", settings)
+    write_run_file(partial, "CuI", settings)
+    partial.rename(loop_dir)
     log(f"result cache of {source.name} copied: its iterations are reused")
 
 
@@ -836,7 +841,7 @@ def remeasure_rates(args: argparse.Namespace) -> None:
     Lets runs made with other :data:`RATE_STARTS` be compared on the same windows; writes
     ``rates.json`` (``rates_protocol.json`` with ``--control``) beside each run's
     ``rare_events.json``. With ``--labels``, the ensembles at those label counts instead,
-    added to that file as ``at N labels``.
+    as ``at N labels``. Entries measured before are kept unless measured again.
     """
     from active_mlip.core.documents import as_model
     from active_mlip.makers.schemas import EnsembleDocument
@@ -853,7 +858,6 @@ def remeasure_rates(args: argparse.Namespace) -> None:
         file_name = "rates_protocol.json" if control_runs else "rates.json"
         history = result.state.history
         if args.labels:
-            # chosen ensembles, added to what was measured before
             known = {h.n_train: h for h in history}
             missing = sorted(set(args.labels) - set(known))
             if missing:
@@ -861,12 +865,12 @@ def remeasure_rates(args: argparse.Namespace) -> None:
                     f"{run_dir.name} has no ensemble at {missing} labels (it has {sorted(known)})"
                 )
             which = tuple((f"at {n} labels", known[n]) for n in args.labels)
-            path = run_dir / file_name
-            out = json.loads(path.read_text()) if path.exists() else {}
         else:
             first = (("first ensemble", history[0]),) if not args.last_only else ()
             which = (*first, ("active learning", history[-1]))
-            out = {}
+        # added to what was measured before (same windows and seeds: the same numbers)
+        path = run_dir / file_name
+        out = json.loads(path.read_text()) if path.exists() else {}
         for name, h in which:
             ens = as_model(store.get_output(h.ensemble_uuid, load=True), EnsembleDocument)
             seeds = [5000 + 1000 * run["seed"] + 100 * j for j in range(args.md_seeds)]
@@ -1278,10 +1282,11 @@ def protocol_target(
     -------
     dict
         The goal, the labels AL first reaches it with (None if never) and whether that is
-        at most a third of the budget; the rate that judges AL and whether it lies in
-        :data:`RATE_WINDOW`: that of the first ensemble within a third of the budget that
-        reaches the goal at a rate in the window, else of the first that reaches the goal
-        (else of the last measured one); ``met``: whether such an ensemble exists.
+        at most a third of the budget (``labels_ok``). ``rate_ok`` and ``met``: whether an
+        ensemble within a third of the budget reaches the goal at a measured rate in
+        :data:`RATE_WINDOW`. The rate shown is that ensemble's, else that of the first
+        measured one within the allowance that reaches the goal, else of the first measured
+        one that reaches it, else of the last measured one.
     """
     by_labels = {p["labels"]: p for p in sequential}
     budget = max(by_labels) if budget is None else budget
@@ -1294,12 +1299,9 @@ def protocol_target(
     own = by_labels[budget]["event_mae"]
     goal = own if goal is None else goal
     reached = [p["labels"] for p in al_curve if p["event_mae"] <= goal]
-    both = [
-        n
-        for n in reached
-        if n <= budget / 3 and n in al_rates and RATE_WINDOW[0] <= al_rates[n] <= RATE_WINDOW[1]
-    ]
-    at = (both or [n for n in reached[:1] if n in al_rates] or [max(al_rates)])[0]
+    within = [n for n in reached if n <= budget / 3 and n in al_rates]
+    both = [n for n in within if RATE_WINDOW[0] <= al_rates[n] <= RATE_WINDOW[1]]
+    shown = both or within or [n for n in reached if n in al_rates] or [max(al_rates)]
     return {
         "goal_meV_per_A": goal,
         "aimd_labels": budget,
@@ -1309,10 +1311,11 @@ def protocol_target(
         "al_labels": al_curve[-1]["labels"],
         "al_event_mae": al_curve[-1]["event_mae"],
         "labels_ok": bool(reached) and reached[0] <= budget / 3,
-        "rate": al_rates[at],
-        "rate_at_labels": at,
-        "rate_ok": RATE_WINDOW[0] <= al_rates[at] <= RATE_WINDOW[1],
-        # both, by one ensemble within a third of the budget
+        "rate": al_rates[shown[0]],
+        "rate_at_labels": shown[0],
+        "rate_measured_within": bool(within),
+        # the rate counts only from an ensemble within the allowance that reaches the goal
+        "rate_ok": bool(both),
         "met": bool(both),
     }
 
@@ -1349,8 +1352,16 @@ def verdict(args: argparse.Namespace) -> dict:
     t = "300K"
     seq: dict[int, list[dict]] = {}
     for path in args.sequential:
-        for row in json.loads(path.read_text()):
-            seq.setdefault(_seed_of(path, row), []).append(row)
+        rows = json.loads(path.read_text())
+        if not rows:
+            raise ValueError(f"{path} holds no aiMD-sequential point")
+        for row in rows:
+            seed = _seed_of(path, row)
+            if any(r["labels"] == row["labels"] for r in seq.get(seed, [])):
+                raise ValueError(
+                    f"{path}: seed {seed} at {row['labels']} labels is given twice in --sequential"
+                )
+            seq.setdefault(seed, []).append(row)
     common = set.intersection(*({r["labels"] for r in rows} for rows in seq.values()))
     budget = args.budget or max(common, default=None)
     if budget not in common:
@@ -1428,7 +1439,9 @@ def verdict(args: argparse.Namespace) -> dict:
             + f" -> {r['rate']:.2f} ({r['rate_at_labels']})  |  "
             f"labels {'met' if r['labels_ok'] else 'NOT met'} (goal {r['goal_meV_per_A']:.1f} "
             f"at {r['aimd_labels']}, AL reaches it at {r['al_labels_to_goal']}), rate "
-            f"{'met' if r['rate_ok'] else 'NOT met'} => target {'met' if r['met'] else 'NOT met'}"
+            + ("met" if r["rate_ok"] else "NOT met")
+            + ("" if r["rate_measured_within"] or not r["labels_ok"] else " (not measured there)")
+            + f" => target {'met' if r['met'] else 'NOT met'}"
         )
     _verdict_plot(rows, args.plot, plt)
     if args.out:
@@ -1496,7 +1509,7 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
                     zorder=3,
                     label=lab("aiMD-sequential"),
                 )
-    # σ^A pooled over seeds: the reference's, AL's goal ensembles', aiMD-sequential's at budget
+    # σ^A pooled over seeds: the reference's, AL's last ensembles', aiMD-sequential's at budget
     ref = rows[0]["al_sigma"].get("sigma_a_reference") or []
     pooled = {
         "reference MD (CHGNet)": ("k", ref),

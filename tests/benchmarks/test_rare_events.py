@@ -248,9 +248,15 @@ def test_reused_cache_keeps_what_an_open_run_has_not_checkpointed(tmp_path):
     assert (new / "store" / "active_mlip" / "active_mlip_cache.payload" / "a.bson").exists()
     assert json.loads((new / "run.json").read_text())["fingerprint"] == settings.fingerprint()
     open_run.close()
+    (new / "store" / "active_mlip" / "active_mlip_cache.payload" / "a.bson").write_bytes(b"y")
     seed_cache(tmp_path / "seed0_old", tmp_path / "seed0_new", settings)  # there: untouched
+    assert (
+        new / "store" / "active_mlip" / "active_mlip_cache.payload" / "a.bson"
+    ).read_bytes() == b"y"
+    assert sorted(p.name for p in new.parent.iterdir()) == ["active_learning"]  # no .partial
     with pytest.raises(FileNotFoundError, match="no result cache to reuse"):
         seed_cache(tmp_path / "seed1_none", tmp_path / "seed1_new", settings)
+    assert not (tmp_path / "seed1_new").exists()
 
 
 def test_training_overrides_are_validated():
@@ -342,6 +348,10 @@ def test_protocol_target_with_every_strategy_trained_alike():
     assert (c["rate_at_labels"], c["rate"], c["rate_ok"], c["met"]) == (60, 0.6, False, False)
     # a rate in the window, but only beyond a third of the budget (96 / 3 = 32)
     assert not protocol_target(al, seq, {48: 1.0}, budget=96)["met"]
+    # the goal ensembles' rates not measured: the last measured is shown, and does not count
+    c = protocol_target(al, seq, {128: 1.0})
+    assert c["labels_ok"] and (c["rate_at_labels"], c["rate_measured_within"]) == (128, False)
+    assert not c["rate_ok"] and not c["met"]
     with pytest.raises(ValueError, match="no point at 150 labels"):
         protocol_target(al, seq, {64: 1.0}, budget=150)
 
@@ -370,6 +380,8 @@ def test_verdict_reads_runs_rates_and_ceilings(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="rates_protocol.json missing"):
         main(args)
     (run_dir / "rates_protocol.json").write_text(json.dumps(rates))
+    with pytest.raises(ValueError, match="seed 4 at 144 labels is given twice"):
+        main([*args, "--sequential", *ceilings, ceilings[0]])
     main([*args, "--goal", "per-seed"])
     assert "labels met (goal 62.0 at 144, AL reaches it at 48), rate met" in capsys.readouterr().out
     # the mean goal, (62 + 92) / 2 = 77, is reached at 40, where the rate is 1.5; the
