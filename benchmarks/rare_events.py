@@ -1110,6 +1110,21 @@ def load_runs(paths: Sequence[Path], sequential_from: Sequence[Path] = ()) -> li
     return runs
 
 
+def _label_axes(axes: Sequence[Any], labels: set[int]) -> None:
+    """Log x axes ticked at the label counts, no two ticks closer than 12 %."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks: list[int] = []
+    for x in sorted(labels):
+        if not ticks or x > 1.12 * ticks[-1]:
+            ticks.append(x)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def report(paths: list[Path], plot_path: Path, sequential_from: Sequence[Path] = ()) -> None:
     """Print the table of every seed and draw the three measures against labels."""
     import matplotlib
@@ -1179,17 +1194,9 @@ def report(paths: list[Path], plot_path: Path, sequential_from: Sequence[Path] =
         f"force MAE on atoms in an off-site event (held out; dotted: {', '.join(hot)})"
     )
     axes[0, 1].set_title(f"force MAE on the other atoms (held out, {t})")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    ticks: list[int] = []
-    for x in sorted({p["labels"] for r in runs for c in r["curves"].values() for p in c}):
-        if not ticks or x > 1.12 * ticks[-1]:  # no two labels closer than 12 % on a log axis
-            ticks.append(x)
-    for ax in (*axes[0], axes[1, 0]):
-        ax.set_xscale("log")
-        ax.set_xticks(ticks)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    labels = {p["labels"] for r in runs for c in r["curves"].values() for p in c}
+    _label_axes((*axes[0], axes[1, 0]), labels)
     for ax in axes[0]:
         ax.set_xlabel("training labels")
         ax.set_ylabel("meV/Å")
@@ -1452,7 +1459,7 @@ def verdict(args: argparse.Namespace) -> dict:
 
 def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     """Event / other-atom error against labels, rate against the control, σ^A at 300 K."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import ScalarFormatter
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=90)
     al, aimd = COLOURS["active learning"], COLOURS["aiMD-sequential"]
@@ -1555,16 +1562,8 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     axes[0, 0].set_yscale("log")
     axes[0, 0].yaxis.set_major_formatter(ScalarFormatter())
     axes[0, 0].yaxis.set_minor_formatter(ScalarFormatter())
-    ticks = sorted({p["labels"] for r in rows for p in (*r["al_curve"], *r["sequential"])})
-    kept: list[int] = []
-    for x in ticks:
-        if not kept or x > 1.12 * kept[-1]:  # no two ticks closer than 12 % on a log axis
-            kept.append(x)
-    for ax in (*axes[0], axes[1, 0]):
-        ax.set_xscale("log")
-        ax.set_xticks(kept)
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())
+    labels = {p["labels"] for r in rows for p in (*r["al_curve"], *r["sequential"])}
+    _label_axes((*axes[0], axes[1, 0]), labels)
     axes[1, 0].axhspan(*RATE_WINDOW, color="C0", alpha=0.12, label="target window")
     axes[1, 0].axhline(1, color="grey", lw=0.6)
     axes[1, 0].set_xlabel("training labels")
