@@ -889,7 +889,7 @@ def remeasure_rates(args: argparse.Namespace) -> None:
                     + ")"
                 )
             log(msg)
-        (run_dir / file_name).write_text(json.dumps(out, indent=1))
+        path.write_text(json.dumps(out, indent=1))
 
 
 def run_size(args: argparse.Namespace) -> dict[str, Any]:
