@@ -1461,7 +1461,7 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     """Event / other-atom error against labels, rate against the control, σ^A at 300 K."""
     from matplotlib.ticker import ScalarFormatter
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), dpi=90)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8), dpi=90)
     al, aimd = COLOURS["active learning"], COLOURS["aiMD-sequential"]
     seen: set[str] = set()
 
@@ -1563,7 +1563,7 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     axes[0, 0].yaxis.set_major_formatter(ScalarFormatter())
     axes[0, 0].yaxis.set_minor_formatter(ScalarFormatter())
     labels = {p["labels"] for r in rows for p in (*r["al_curve"], *r["sequential"])}
-    _label_axes((*axes[0], axes[1, 0]), labels)
+    _label_axes((axes[0, 0], axes[0, 1], axes[1, 0]), labels)
     axes[1, 0].axhspan(*RATE_WINDOW, color="C0", alpha=0.12, label="target window")
     axes[1, 0].axhline(1, color="grey", lw=0.6)
     axes[1, 0].set_xlabel("training labels")
@@ -1576,6 +1576,22 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     axes[1, 1].set_ylabel("density")
     axes[1, 1].set_title(r"$\sigma^A$: MLIP-MD against the reference MD (seeds pooled)")
     axes[1, 1].legend(fontsize=8)
+    _sigma_a_in_time(rows[0], axes[0, 2], al, aimd)
+    axes[1, 2].axis("off")
+    axes[1, 2].text(
+        0.0,
+        1.0,
+        "\n".join(
+            f"seed {r['seed']}: AL reaches {r['goal_meV_per_A']:.1f} meV/Å at "
+            f"{r['al_labels_to_goal']} labels (aiMD budget {r['aimd_labels']}),\n"
+            f"  rate {r['rate']:.2f} at {r['rate_at_labels']}: target "
+            f"{'met' if r['met'] else 'NOT met'}"
+            for r in rows
+        ),
+        va="top",
+        family="monospace",
+        fontsize=9,
+    )
     fig.suptitle(
         "CuI 64 atoms, CHGNet reference, the same training for all (dashed: aiMD-sequential's "
         "goal)",
@@ -1585,6 +1601,28 @@ def _verdict_plot(rows: Sequence[dict], path: Path, plt: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
+
+
+def _sigma_a_in_time(row: dict, ax: Any, al: str, aimd: str) -> None:
+    """σ^A of one seed's MD frames in time order, window after window (the paper's trace)."""
+    ps = TIMESTEP_FS * LOG_EVERY / 1000
+    top = row["sequential"][-1]
+    series = [
+        ("reference MD (CHGNet)", "k", row["al_sigma"].get("sigma_a_reference")),
+        ("active learning, last ensemble", al, row["al_sigma"].get("sigma_a_mlip")),
+        (f"aiMD-sequential, {top['labels']} labels", aimd, top.get("sigma_a_mlip")),
+    ]
+    for name, colour, values in series:
+        if values:
+            ax.plot(np.arange(len(values)) * ps, values, color=colour, lw=0.8, label=name)
+    n = len(series[0][2] or [])
+    for k in range(1, len(RATE_STARTS)):  # each window starts from its own held-out frame
+        ax.axvline(k * n / len(RATE_STARTS) * ps, color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("MD time, ps (windows one after another)")
+    ax.set_ylabel(r"$\sigma^A$")
+    ax.set_title(rf"$\sigma^A$ in time at 300 K, seed {row['seed']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> None:
